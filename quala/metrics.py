@@ -1,0 +1,42 @@
+"""Exact Match and F1 exactly as the official SQuAD v1.1 evaluation script computes them."""
+from __future__ import annotations
+
+import re
+import string
+from collections import Counter
+
+_PUNCTUATION = set(string.punctuation)
+
+
+def normalize_answer(s: str) -> str:
+    """Lower case, remove punctuation, the articles a/an/the, and extra white space (in the official order)."""
+    s = "".join(ch for ch in s.lower() if ch not in _PUNCTUATION)
+    s = re.sub(r"\b(a|an|the)\b", " ", s)
+    return " ".join(s.split())
+
+
+def f1_score(prediction: str, ground_truth: str) -> float:
+    pred_tokens = normalize_answer(prediction).split()
+    gold_tokens = normalize_answer(ground_truth).split()
+    num_same = sum((Counter(pred_tokens) & Counter(gold_tokens)).values())
+    if num_same == 0:
+        return 0.0
+    precision = num_same / len(pred_tokens)
+    recall = num_same / len(gold_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def exact_match_score(prediction: str, ground_truth: str) -> float:
+    return float(normalize_answer(prediction) == normalize_answer(ground_truth))
+
+
+def squad_scores(gold: dict[str, list[str]], predictions: dict[str, str]) -> dict[str, float]:
+    """Mean over every question of `gold` (a missing prediction scores 0), as percentages; extra ids are ignored."""
+    em = f1 = 0.0
+    for qid, answers in gold.items():
+        if qid not in predictions:
+            continue
+        em += max(exact_match_score(predictions[qid], a) for a in answers)
+        f1 += max(f1_score(predictions[qid], a) for a in answers)
+    n = len(gold)
+    return {"exact_match": 100.0 * em / n if n else 0.0, "f1": 100.0 * f1 / n if n else 0.0}

@@ -1,0 +1,267 @@
+"""The length-adaptive BERT encoder with a span head (Length-Adaptive Transformer, Drop-and-Restore).
+
+Each layer attends over the tokens it receives, ranks them by the attention they received (summed over heads and
+query positions, padding excluded, [CLS] always first), and runs its feed-forward block only on the top-k of the
+length configuration. A dropped token keeps the last vector it had; before the span head every token is restored
+to its position, so every token gets start and end logits.
+
+Weights are stored under Hugging Face `BertForQuestionAnswering` names, so a saved directory also loads in
+`transformers`, and any BERT checkpoint directory loads here.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from quala.config import LengthConfig, QualaError
+from quala.files import atomic_write, read_json
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 30522
+    hidden_size: int = 384
+    num_hidden_layers: int = 6
+    num_attention_heads: int = 12
+    intermediate_size: int = 1536
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    pad_token_id: int = 0
+    # quala additions, saved under "quala" in config.json
+    max_seq_length: int = 384
+    doc_stride: int = 128
+    max_query_length: int = 64
+    length_config: dict | None = None  # default LengthConfig.to_json(), None = full length
+    extra: dict = field(default_factory=dict)  # free-form provenance (how the model was made)
+
+    QUALA_KEYS = ("max_seq_length", "doc_stride", "max_query_length", "length_config", "extra")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        if d.get("model_type", "bert") != "bert":
+            raise QualaError(f"model_type {d.get('model_type')!r} is not supported: quala loads BERT-family models")
+        if d.get("hidden_act", "gelu") != "gelu":
+            raise QualaError(f"hidden_act {d.get('hidden_act')!r} is not supported (only 'gelu')")
+        names = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in d.items() if k in names and k not in cls.QUALA_KEYS}
+        kwargs.update({k: v for k, v in d.get("quala", {}).items() if k in names})
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        quala = {k: d.pop(k) for k in self.QUALA_KEYS}
+        return {"architectures": ["BertForQuestionAnswering"], "model_type": "bert", "hidden_act": "gelu",
+                **d, "quala": quala}
+
+
+class QAOutput(NamedTuple):
+    start_logits: torch.Tensor  # (batch, seq)
+    end_logits: torch.Tensor  # (batch, seq)
+    kept: torch.Tensor  # (batch, layers): tokens each layer's feed-forward block ran on
+
+
+class Embeddings(nn.Module):
+    def __init__(self, c: ModelConfig):
+        super().__init__()
+        self.word = nn.Embedding(c.vocab_size, c.hidden_size, padding_idx=c.pad_token_id)
+        self.position = nn.Embedding(c.max_position_embeddings, c.hidden_size)
+        self.token_type = nn.Embedding(c.type_vocab_size, c.hidden_size)
+        self.norm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+        self.dropout = nn.Dropout(c.hidden_dropout_prob)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        x = self.word(input_ids) + self.position(positions)[None] + self.token_type(token_type_ids)
+        return self.dropout(self.norm(x))
+
+
+class Layer(nn.Module):
+    def __init__(self, c: ModelConfig):
+        super().__init__()
+        h = c.hidden_size
+        self.heads = c.num_attention_heads
+        self.query, self.key, self.value = nn.Linear(h, h), nn.Linear(h, h), nn.Linear(h, h)
+        self.attn_out = nn.Linear(h, h)
+        self.attn_norm = nn.LayerNorm(h, eps=c.layer_norm_eps)
+        self.ffn_in = nn.Linear(h, c.intermediate_size)
+        self.ffn_out = nn.Linear(c.intermediate_size, h)
+        self.ffn_norm = nn.LayerNorm(h, eps=c.layer_norm_eps)
+        self.attn_dropout = nn.Dropout(c.attention_probs_dropout_prob)
+        self.dropout = nn.Dropout(c.hidden_dropout_prob)
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor, keep: torch.Tensor | None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """x (B, K, H) over K token slots, valid (B, K) marks real tokens, keep (B,) tokens to keep or None.
+
+        Returns the new states, their validity and, when tokens were dropped, the slots kept (B, k).
+        """
+        b, k, h = x.shape
+        d = h // self.heads
+        q, kk, v = (lin(x).view(b, k, self.heads, d).transpose(1, 2) for lin in (self.query, self.key, self.value))
+        scores = q @ kk.transpose(-1, -2) / math.sqrt(d)
+        scores = scores.masked_fill(~valid[:, None, None, :], torch.finfo(scores.dtype).min)
+        probs = scores.softmax(-1)
+        context = (self.attn_dropout(probs) @ v).transpose(1, 2).reshape(b, k, h)
+        slots = None
+        if keep is not None:
+            # attention received by each token: summed over heads and (real) query positions
+            significance = (probs * valid[:, None, :, None]).sum(dim=(1, 2)).float()
+            significance = significance.masked_fill(~valid, -1.0)
+            significance[:, 0] = float("inf")  # slot 0 is always [CLS]
+            # a stable sort breaks ties by position, as ONNX TopK does: the same tokens on every backend
+            slots = significance.sort(dim=1, descending=True, stable=True).indices[:, : int(keep.max())]
+            valid = torch.arange(slots.shape[1], device=x.device)[None, :] < keep[:, None]
+            x = x.gather(1, slots[..., None].expand(-1, -1, h))
+            context = context.gather(1, slots[..., None].expand(-1, -1, h))
+        x = self.attn_norm(x + self.dropout(self.attn_out(context)))
+        x = self.ffn_norm(x + self.dropout(self.ffn_out(F.gelu(self.ffn_in(x)))))
+        return x, valid, slots
+
+
+class QualaForQuestionAnswering(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.embed = Embeddings(config)
+        self.layers = nn.ModuleList(Layer(config) for _ in range(config.num_hidden_layers))
+        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+    @property
+    def default_length_config(self) -> LengthConfig | None:
+        lc = self.config.length_config
+        return LengthConfig.from_json(lc) if lc else None
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None,
+                length_config: LengthConfig | None = None, skip_layers: frozenset[int] = frozenset(),
+                token_counts: torch.Tensor | None = None) -> QAOutput:
+        """length_config None runs at full length; token_counts (B, layers) overrides it with explicit counts.
+
+        skip_layers are passed through unchanged (LayerDrop): no compute and no dropping there.
+        """
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        valid = attention_mask.bool()
+        seq_lens = valid.sum(1)
+        if token_counts is None and length_config is not None:
+            length_config.check(len(self.layers), self.config.max_seq_length)
+            token_counts = length_config.token_counts(seq_lens)
+        x = self.embed(input_ids, token_type_ids)
+        full, index = x, None  # index: the position in the full sequence of each slot, once tokens are dropped
+        kept = []
+        for i, layer in enumerate(self.layers):
+            current = valid.sum(1)
+            if i in skip_layers:
+                kept.append(current)
+                continue
+            keep = None if token_counts is None else torch.minimum(token_counts[:, i], current)
+            x, valid, slots = layer(x, valid, keep)
+            if slots is not None:
+                index = slots if index is None else index.gather(1, slots)
+            if index is not None:  # restore: write the kept tokens' new states back into the full sequence
+                idx = index[..., None].expand(-1, -1, x.shape[-1])
+                full = full.scatter(1, idx, torch.where(valid[..., None], x, full.gather(1, idx)))
+            else:
+                full = x
+            kept.append(valid.sum(1))
+        logits = self.qa_outputs(full)
+        return QAOutput(logits[..., 0], logits[..., 1], torch.stack(kept, dim=1))
+
+    # ---- Hugging Face-style directories -------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, **overrides) -> QualaForQuestionAnswering:
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise QualaError(f"{path}: not a model directory (no config.json)")
+        config_dict = read_json(path / "config.json")
+        config = ModelConfig.from_dict(config_dict)
+        for k, v in overrides.items():
+            setattr(config, k, v)
+        model = cls(config)
+        weights = path / "model.safetensors"
+        if not weights.is_file():
+            raise QualaError(f"{path}: no model.safetensors")
+        try:
+            hf_state = load_file(str(weights))
+        except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
+            raise QualaError(f"{weights}: cannot read weights ({e})") from None
+        ours = {hf: name for name, hf in hf_names(model).items()}
+        # a bare BertModel checkpoint has no "bert." prefix; its pooler and position_ids are not used
+        state = {ours[k]: v for k, v in hf_state.items() if k in ours}
+        state.update({ours["bert." + k]: v for k, v in hf_state.items() if "bert." + k in ours})
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if "qa_outputs.weight" in missing:  # a backbone without a span head: give it a reproducible one
+            with torch.random.fork_rng():
+                torch.manual_seed(0)
+                model._init_weights(model.qa_outputs)
+        if unexpected or [m for m in missing if not m.startswith("qa_outputs")]:
+            raise QualaError(f"{weights}: weights do not match the config (missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]})")
+        return model.eval()
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        names = hf_names(self)
+        state = {names[k]: v.detach().contiguous() for k, v in self.state_dict().items()}
+        atomic_write(path / "model.safetensors", lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+        text = json.dumps(self.config.to_dict(), indent=2) + "\n"
+        atomic_write(path / "config.json", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def hf_names(model: nn.Module) -> dict[str, str]:
+    """Our parameter names -> Hugging Face BertForQuestionAnswering names."""
+    prefixes = {"embed.word.": "bert.embeddings.word_embeddings.",
+                "embed.position.": "bert.embeddings.position_embeddings.",
+                "embed.token_type.": "bert.embeddings.token_type_embeddings.",
+                "embed.norm.": "bert.embeddings.LayerNorm.", "qa_outputs.": "qa_outputs."}
+    for i in range(len(model.layers)):
+        hf = f"bert.encoder.layer.{i}."
+        prefixes.update({f"layers.{i}.query.": hf + "attention.self.query.",
+                         f"layers.{i}.key.": hf + "attention.self.key.",
+                         f"layers.{i}.value.": hf + "attention.self.value.",
+                         f"layers.{i}.attn_out.": hf + "attention.output.dense.",
+                         f"layers.{i}.attn_norm.": hf + "attention.output.LayerNorm.",
+                         f"layers.{i}.ffn_in.": hf + "intermediate.dense.",
+                         f"layers.{i}.ffn_out.": hf + "output.dense.",
+                         f"layers.{i}.ffn_norm.": hf + "output.LayerNorm."})
+    names = {}
+    for name in model.state_dict():
+        prefix = next(p for p in prefixes if name.startswith(p))
+        names[name] = prefixes[prefix] + name[len(prefix):]
+    return names
+
+
+def load_tokenizer(path: str | os.PathLike):
+    from transformers import AutoTokenizer
+    path = Path(path)
+    if not (path / "tokenizer.json").is_file() and not (path / "vocab.txt").is_file():
+        raise QualaError(f"{path}: no tokenizer files (tokenizer.json or vocab.txt)")
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except Exception as e:  # transformers raises many types for a broken tokenizer folder
+        raise QualaError(f"{path}: cannot load the tokenizer ({type(e).__name__}: {e})") from None
+
+
+def load(path: str | os.PathLike) -> tuple[QualaForQuestionAnswering, object]:
+    """A model directory -> (model in eval mode, its tokenizer)."""
+    return QualaForQuestionAnswering.from_pretrained(path), load_tokenizer(path)
