@@ -84,6 +84,58 @@ def cmd_answer(args) -> None:
         print(f"Q: {q}\nA: {a.text}  (score {a.score:.3f}, characters {a.start}-{a.end})")
 
 
+def cmd_train(args) -> None:
+    from quala.config import backbone_dir
+    from quala.train import TrainConfig, train
+    cfg = TrainConfig(model=str(args.model or backbone_dir()), output=str(args.output), stage=args.stage,
+                      train_file=str(args.train_file or ""), dev_file=str(args.dev_file or ""), limit=args.limit,
+                      epochs_finetune=args.epochs_finetune, epochs_lengthdrop=args.epochs_lengthdrop,
+                      max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
+                      warmup_ratio=args.warmup_ratio, max_seq_length=args.max_seq_length, doc_stride=args.doc_stride,
+                      num_sandwich=args.num_sandwich, length_drop_ratio_bound=args.length_drop_ratio_bound,
+                      layer_dropout_prob=args.layer_dropout_prob, teacher=args.teacher,
+                      temperature=args.temperature, alpha=args.alpha, bf16=args.dtype == "bf16", seed=args.seed,
+                      checkpoint_minutes=args.checkpoint_minutes, eval_limit=args.eval_limit, resume=args.resume)
+    final = train(cfg)
+    print(f"model saved in {final}")
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    a = p.add_argument
+    a("--model", type=Path, default=None, help="initial model directory (default: the all-MiniLM-L6-v2 backbone; "
+      "for --stage lengthdrop, the output of --stage finetune)")
+    a("--output", type=Path, required=True, help="output folder: model directories, checkpoint.pt, log.jsonl "
+      "(with --stage both: OUTPUT/finetune and OUTPUT/lengthdrop)")
+    a("--stage", default="both", choices=["finetune", "lengthdrop", "both"],
+      help="finetune: full-length span-QA training; lengthdrop: sandwich-rule LengthDrop with in-place "
+      "distillation; both: one after the other (default)")
+    a("--train-file", type=Path, default=None, help="SQuAD v1.1 train JSON (default: the shared train set)")
+    a("--dev-file", type=Path, default=None, help="SQuAD v1.1 dev JSON scored at the end of each stage")
+    a("--limit", type=int, default=None, help="train on the first N questions only")
+    a("--epochs-finetune", type=float, default=2.0, help="epochs of stage 1 (default 2; fractions allowed)")
+    a("--epochs-lengthdrop", type=float, default=5.0, help="epochs of stage 2 (default 5; fractions allowed)")
+    a("--max-steps", type=int, default=None, help="stop each stage after this many optimizer steps")
+    a("--batch-size", type=int, default=32, help="features per step (per process under torchrun; default 32)")
+    a("--lr", type=float, default=3e-5, help="peak learning rate of AdamW (default 3e-5)")
+    a("--warmup-ratio", type=float, default=0.1, help="fraction of steps with linear warm-up (default 0.1)")
+    a("--max-seq-length", type=int, default=384, help="window length in tokens (default 384)")
+    a("--doc-stride", type=int, default=128, help="overlap between windows of a long context (default 128)")
+    a("--num-sandwich", type=int, default=2, help="random sub-models per step besides the smallest (default 2)")
+    a("--length-drop-ratio-bound", type=float, default=0.2,
+      help="each layer keeps between (1 - bound) and all of the previous layer's tokens (default 0.2)")
+    a("--layer-dropout-prob", type=float, default=0.2,
+      help="LayerDrop probability for each layer of the random sub-models (default 0.2; 0 turns it off)")
+    a("--teacher", type=Path, default=None, help="Hugging Face question-answering model directory to distil "
+      "from (same vocabulary); its logits are computed once and cached in the output folder")
+    a("--temperature", type=float, default=2.0, help="distillation temperature for the teacher (default 2)")
+    a("--alpha", type=float, default=0.5, help="weight of the teacher loss vs the label loss (default 0.5)")
+    a("--dtype", choices=["bf16", "fp32"], default="bf16", help="bf16 autocast (default) or fp32")
+    a("--seed", type=int, default=42, help="random seed (data order, dropout, sub-model sampling)")
+    a("--checkpoint-minutes", type=float, default=10.0, help="save a resumable checkpoint this often (default 10)")
+    a("--eval-limit", type=int, default=None, help="dev questions scored at the end of each stage (default all)")
+    a("--resume", action="store_true", help="continue from OUTPUT's checkpoint exactly where it stopped")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quala", description="Fast extractive question answering on CPUs with "
                                      "one length-adaptive, quantized MiniLM.")
@@ -107,6 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context-file", type=Path, default=None,
                    help="read the context from this UTF-8 file (default: --context, else standard input)")
     p.set_defaults(func=cmd_answer)
+
+    p = sub.add_parser("train", help="fine-tune and LengthDrop-train a model on SQuAD v1.1",
+                       description="Train a length-adaptive model: span-QA fine-tuning (optionally distilled from a "
+                                   "teacher), then LengthDrop with the sandwich rule and in-place distillation. "
+                                   "Runs on CPU, one GPU, or several under torchrun. Ctrl-C saves a checkpoint.")
+    add_train_args(p)
+    p.set_defaults(func=cmd_train)
     return parser
 
 

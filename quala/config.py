@@ -67,7 +67,7 @@ class LengthConfig:
         seq_lens = seq_lens.long()
         values = torch.tensor(self.values, dtype=torch.float64, device=seq_lens.device)
         if self.unit == "ratio":
-            counts = torch.ceil(values[None, :] * seq_lens[:, None].double()).long()
+            counts = torch.ceil(values[None, :] * seq_lens[:, None].double() - 1e-9).long()  # 0.55*100 is 55.000001
         else:
             counts = values.long()[None, :].expand(len(seq_lens), -1)
         counts = torch.minimum(counts, seq_lens[:, None]).clamp(min=1)

@@ -1,0 +1,57 @@
+"""Shared fixtures: real SQuAD slices from ../shared (QUALA_SHARED), tiny random models, the backbone tokenizer."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from quala.config import backbone_dir, squad_path
+from quala.data import load_squad
+from quala.modeling import ModelConfig, QualaForQuestionAnswering, load_tokenizer
+
+torch.set_num_threads(2)
+
+
+def tiny_config(**overrides) -> ModelConfig:
+    kwargs = dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=128,
+                  max_seq_length=128, doc_stride=48)
+    kwargs.update(overrides)
+    return ModelConfig(**kwargs)
+
+
+def squad_slice(split: str, n_articles: int, max_paragraphs: int = 2, max_questions: int = 3) -> dict:
+    data = json.loads(squad_path(split).read_text(encoding="utf-8"))
+    articles = []
+    for a in data["data"][:n_articles]:
+        paragraphs = [dict(p, qas=p["qas"][:max_questions]) for p in a["paragraphs"][:max_paragraphs]]
+        articles.append({"title": a["title"], "paragraphs": paragraphs})
+    return {"version": "1.1", "data": articles}
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return load_tokenizer(backbone_dir())
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("squad")
+    (d / "dev.json").write_text(json.dumps(squad_slice("dev", 3)), encoding="utf-8")
+    (d / "train.json").write_text(json.dumps(squad_slice("train", 4)), encoding="utf-8")
+    return d
+
+
+@pytest.fixture(scope="session")
+def dev_examples(data_dir):
+    return load_squad(data_dir / "dev.json")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("tiny")
+    QualaForQuestionAnswering(tiny_config()).save_pretrained(d)
+    tokenizer.save_pretrained(str(d))
+    return d

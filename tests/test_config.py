@@ -1,0 +1,38 @@
+import pytest
+import torch
+
+from quala.config import LengthConfig, QualaError
+
+
+def test_parse_ratios_and_tokens():
+    assert LengthConfig.parse("1.0,0.8,0.5") == LengthConfig((1.0, 0.8, 0.5), "ratio")
+    assert LengthConfig.parse("315,251,242,159,142,33").unit == "tokens"
+    assert LengthConfig.parse("full") is None and LengthConfig.parse(None) is None
+    assert str(LengthConfig.parse("1.0,0.8,0.5")) == "1,0.8,0.5"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("1.0,0.9,0.95", "not monotone"),
+    ("1.5,1.0", "not in (0, 1]"),
+    ("0.5,abc", "cannot read"),
+    ("0.0,0.0", "not in (0, 1]"),
+    ("0,0", "whole number >= 1"),
+])
+def test_invalid_configs_name_the_problem(text, message):
+    with pytest.raises(QualaError, match=message.replace("(", r"\(").replace(")", r"\)").replace("]", r"\]")):
+        LengthConfig.parse(text)
+
+
+def test_check_against_model():
+    with pytest.raises(QualaError, match="has 2 values; the model has 6 layers"):
+        LengthConfig.parse("1.0,0.5").check(6, 384)
+    with pytest.raises(QualaError, match="exceeds the maximum length 384"):
+        LengthConfig.parse("400,300").check(2, 384)
+
+
+def test_token_counts_per_example():
+    lens = torch.tensor([100, 10, 1])
+    counts = LengthConfig((1.0, 0.55, 0.5, 0.01)).token_counts(lens)
+    assert counts.tolist() == [[100, 55, 50, 1], [10, 6, 5, 1], [1, 1, 1, 1]]
+    counts = LengthConfig((315, 251, 33), "tokens").token_counts(torch.tensor([384, 100]))
+    assert counts.tolist() == [[315, 251, 33], [100, 100, 33]]
