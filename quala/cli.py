@@ -89,6 +89,7 @@ def cmd_train(args) -> None:
     from quala.train import TrainConfig, train
     cfg = TrainConfig(model=str(args.model or backbone_dir()), output=str(args.output), stage=args.stage,
                       train_file=str(args.train_file or ""), dev_file=str(args.dev_file or ""), limit=args.limit,
+                      heldout_fraction=args.heldout_fraction,
                       epochs_finetune=args.epochs_finetune, epochs_lengthdrop=args.epochs_lengthdrop,
                       max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
                       warmup_ratio=args.warmup_ratio, max_seq_length=args.max_seq_length, doc_stride=args.doc_stride,
@@ -112,6 +113,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     a("--train-file", type=Path, default=None, help="SQuAD v1.1 train JSON (default: the shared train set)")
     a("--dev-file", type=Path, default=None, help="SQuAD v1.1 dev JSON scored at the end of each stage")
     a("--limit", type=int, default=None, help="train on the first N questions only")
+    a("--heldout-fraction", type=float, default=0.05, help="fraction of train articles kept out of training for "
+      "`quala search` (default 0.05; whole articles, fixed seed)")
     a("--epochs-finetune", type=float, default=2.0, help="epochs of stage 1 (default 2; fractions allowed)")
     a("--epochs-lengthdrop", type=float, default=5.0, help="epochs of stage 2 (default 5; fractions allowed)")
     a("--max-steps", type=int, default=None, help="stop each stage after this many optimizer steps")

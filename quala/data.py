@@ -86,6 +86,17 @@ def load_squad(path: str | os.PathLike, limit: int | None = None, require_answer
     return examples
 
 
+def split_articles(examples: list[Example], heldout_fraction: float = 0.05, seed: int = 0
+                   ) -> tuple[list[Example], list[Example]]:
+    """(train, held-out): whole articles, chosen by a fixed seed. The held-out part is what the length search
+    scores configurations on, so the official dev set is only used for reporting."""
+    titles = sorted({e.title for e in examples})
+    rng = np.random.default_rng(seed)
+    n_heldout = max(1, round(heldout_fraction * len(titles))) if heldout_fraction > 0 else 0
+    heldout = set(rng.choice(titles, size=n_heldout, replace=False).tolist()) if n_heldout else set()
+    return [e for e in examples if e.title not in heldout], [e for e in examples if e.title in heldout]
+
+
 def squad_dataset(examples: list[Example]) -> dict[str, list[str]]:
     """Question id -> gold answer texts, the form the metric takes."""
     return {e.id: e.answers for e in examples}

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from quala.config import LengthConfig, QualaError, squad_path
-from quala.data import collate, length_grouped_batches, load_squad, make_features
+from quala.data import collate, length_grouped_batches, load_squad, make_features, split_articles
 from quala.evaluate import TorchPredictor, evaluate
 from quala.files import atomic_write
 from quala.modeling import QualaForQuestionAnswering, load_tokenizer
@@ -39,6 +39,7 @@ class TrainConfig:
     train_file: str = ""
     dev_file: str = ""
     limit: int | None = None  # train on the first N questions only
+    heldout_fraction: float = 0.05  # articles kept out of training for the length search (data.split_articles)
     epochs_finetune: float = 2.0
     epochs_lengthdrop: float = 5.0
     max_steps: int | None = None  # stop each stage after this many optimizer steps (smoke runs, tests)
@@ -136,6 +137,7 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=cfg.layer_dropout_prob > 0)
         examples = load_squad(cfg.train_file or squad_path("train"), limit=cfg.limit)
+        examples, _ = split_articles(examples, cfg.heldout_fraction)
         self.features = make_features(examples, self.tokenizer, cfg.max_seq_length, cfg.doc_stride,
                                       cfg.max_query_length, training=True)
         self.lengths = [len(f) for f in self.features]
@@ -158,9 +160,8 @@ class Trainer:
         self.used_ratios: list[tuple[float, ...]] = []  # the sub-model configurations of the last step
 
     def _setup_device(self) -> torch.device:
-        if self.world > 1:
-            backend = "nccl" if torch.cuda.is_available() else "gloo"
-            torch.distributed.init_process_group(backend)
+        if self.world > 1 and not torch.distributed.is_initialized():
+            torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         if torch.cuda.is_available():
             local = int(os.environ.get("LOCAL_RANK", 0))
             torch.cuda.set_device(local)
@@ -336,6 +337,7 @@ class Trainer:
     def finish(self) -> dict:
         """Save the model directory and score it on dev (full length, and shorter configurations after LengthDrop)."""
         if self.rank != 0:
+            torch.distributed.barrier()  # wait until rank 0 has saved the model the next stage starts from
             return {}
         self.model.eval()
         self.model.config.extra = {"trained_by": "quala train", "stage": self.stage, "steps": self.step,
@@ -361,6 +363,8 @@ class Trainer:
                   f"EM {r.exact_match:.2f} F1 {r.f1:.2f}")
         self.log({"stage": self.stage, "step": self.step, "dev": results})
         (self.out / "train_done.json").write_text(json.dumps({"steps": self.step, "dev": results}, indent=1))
+        if self.world > 1:
+            torch.distributed.barrier()
         return results
 
 
