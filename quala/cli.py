@@ -61,8 +61,7 @@ def cmd_eval(args) -> None:
 
 
 def cmd_answer(args) -> None:
-    from quala.data import Example, make_features, postprocess
-    from quala.evaluate import run_features
+    from quala.evaluate import answer_questions
     if args.context_file:
         from quala.files import read_text
         context = read_text(args.context_file)
@@ -77,10 +76,9 @@ def cmd_answer(args) -> None:
         if not q:
             raise QualaError("a --question is empty")
     predictor, tokenizer, config, lc, _ = load_predictor(args)
-    examples = [Example(str(i), q, context) for i, q in enumerate(questions)]
-    features = make_features(examples, tokenizer, config.max_seq_length, config.doc_stride, config.max_query_length)
-    starts, ends, _ = run_features(predictor, features, lc, args.batch_size, progress=False)
-    for q, a in zip(questions, postprocess(examples, features, starts, ends)):
+    answers = answer_questions(predictor, tokenizer, [(q, context) for q in questions], lc, 1, args.batch_size,
+                               config.max_seq_length, config.doc_stride, config.max_query_length)
+    for q, (a,) in zip(questions, answers):
         print(f"Q: {q}\nA: {a.text}  (score {a.score:.3f}, characters {a.start}-{a.end})")
 
 

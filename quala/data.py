@@ -185,30 +185,39 @@ class Answer:
 def postprocess(examples: list[Example], features: list[Feature], start_logits: list[np.ndarray],
                 end_logits: list[np.ndarray], n_best: int = 20, max_answer_length: int = 30) -> list[Answer]:
     """The best span of each example across all its windows; the score is its softmax over the n-best spans."""
-    best: list[tuple[float, int, int]] = [(-np.inf, 0, 0)] * len(examples)
-    candidate_scores: list[list[np.ndarray]] = [[] for _ in examples]
+    return [ranked[0] for ranked in ranked_answers(examples, features, start_logits, end_logits, n_best,
+                                                   max_answer_length)]
+
+
+def ranked_answers(examples: list[Example], features: list[Feature], start_logits: list[np.ndarray],
+                   end_logits: list[np.ndarray], n_best: int = 20, max_answer_length: int = 30
+                   ) -> list[list[Answer]]:
+    """Up to n_best distinct spans per example, best first, across all its windows (an empty answer when no
+    valid span exists). Scores are the softmax of start+end logits over those spans."""
+    candidates: list[list[np.ndarray]] = [[] for _ in examples]  # rows of (score, start char, end char)
     for f, s_logits, e_logits in zip(features, start_logits, end_logits):
         n = len(f)
         s_logits, e_logits = s_logits[:n], e_logits[:n]
         starts = np.argsort(-s_logits, kind="stable")[:n_best]
         ends = np.argsort(-e_logits, kind="stable")[:n_best]
-        scores = s_logits[starts][:, None] + e_logits[ends][None, :]
         span = ends[None, :] - starts[:, None]
         ok = ((f.offsets[starts, 0] >= 0)[:, None] & (f.offsets[ends, 0] >= 0)[None, :]
               & (span >= 0) & (span < max_answer_length))
-        if not ok.any():
+        i, j = np.nonzero(ok)
+        scores = s_logits[starts[i]] + e_logits[ends[j]]
+        candidates[f.example_index].append(
+            np.stack([scores, f.offsets[starts[i], 0], f.offsets[ends[j], 1]], axis=1).astype(np.float64))
+    results = []
+    for ex, cands in zip(examples, candidates):
+        rows = np.concatenate(cands) if cands else np.zeros((0, 3))
+        if len(rows) == 0:
+            results.append([Answer("", 0.0, 0, 0)])
             continue
-        scores = np.where(ok, scores, -np.inf)
-        candidate_scores[f.example_index].append(np.sort(scores[ok])[::-1][:n_best])
-        i, j = np.unravel_index(np.argmax(scores), scores.shape)
-        if scores[i, j] > best[f.example_index][0]:
-            best[f.example_index] = (float(scores[i, j]), int(f.offsets[starts[i], 0]), int(f.offsets[ends[j], 1]))
-    answers = []
-    for ex, (score, start, end), cands in zip(examples, best, candidate_scores):
-        if not cands:
-            answers.append(Answer("", 0.0, 0, 0))
-            continue
-        top = np.sort(np.concatenate(cands))[::-1][:n_best]
-        prob = float(1.0 / np.exp(top - score).sum())
-        answers.append(Answer(ex.context[start:end], prob, start, end))
-    return answers
+        rows = rows[np.argsort(-rows[:, 0], kind="stable")]
+        _, first = np.unique(rows[:, 1:], axis=0, return_index=True)  # the same span from two windows: once
+        rows = rows[np.sort(first)][:n_best]
+        probs = np.exp(rows[:, 0] - rows[0, 0])
+        probs /= probs.sum()
+        results.append([Answer(ex.context[int(s):int(e)], float(p), int(s), int(e))
+                        for (_, s, e), p in zip(rows, probs)])
+    return results

@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from quala.config import LengthConfig
 from quala.data import Answer, Example, Feature, collate, length_grouped_batches, make_features, postprocess, \
-    squad_dataset
+    ranked_answers, squad_dataset
 from quala.metrics import squad_scores
 
 
@@ -77,3 +77,14 @@ def evaluate(predictor: Predictor, tokenizer, examples: list[Example], length_co
     scores = squad_scores(squad_dataset(examples), {e.id: a.text for e, a in zip(examples, answers)})
     return EvalResult(scores["exact_match"], scores["f1"], len(examples), len(features),
                       kept.mean(0).tolist(), float(np.mean([len(f) for f in features])), answers)
+
+
+def answer_questions(predictor: Predictor, tokenizer, pairs: list[tuple[str, str]],
+                     length_config: LengthConfig | None = None, top_k: int = 1, batch_size: int = 32,
+                     max_seq_length: int = 384, doc_stride: int = 128, max_query_length: int = 64
+                     ) -> list[list[Answer]]:
+    """(question, context) pairs -> the top_k answers of each, best first. Long contexts are windowed."""
+    examples = [Example(str(i), q, c) for i, (q, c) in enumerate(pairs)]
+    features = make_features(examples, tokenizer, max_seq_length, doc_stride, max_query_length)
+    starts, ends, _ = run_features(predictor, features, length_config, batch_size, progress=False)
+    return [ranked[:top_k] for ranked in ranked_answers(examples, features, starts, ends)]
