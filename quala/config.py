@@ -76,7 +76,9 @@ class LengthConfig:
     def __str__(self) -> str:
         if self.unit == "tokens":
             return ",".join(str(int(v)) for v in self.values)
-        return ",".join(f"{v:g}" for v in self.values)
+        text = ",".join(f"{v:g}" for v in self.values)
+        # all ratios 1 would read back as token counts ('1,1,1'): write '1.0,1.0,1.0' so parse() round-trips
+        return ",".join(f"{v:.1f}" for v in self.values) if text.replace(",", "").isdigit() else text
 
     def to_json(self) -> dict:
         return {"unit": self.unit, "values": list(self.values)}

@@ -1,0 +1,184 @@
+"""The front file (length_configs.json in a model directory) and compute budgets.
+
+`quala search` writes the front; evaluation, the runtime and the server only read it and pick a configuration for a
+budget, so inference never imports the search. A budget is a latency ('20ms', '0.02s'), a cost ('2.5GMACs'),
+a speedup in MACs over the model's full length ('3x'), a named point ('fastest', 'balanced', 'accurate') or a
+point's name ('p3'). The most accurate point that fits is chosen (search F1 on the held-out training articles;
+the dev set is only reported), ties going to the cheaper one.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from quala.config import LengthConfig, QualaError
+from quala.files import read_json, write_json_atomic
+
+FRONT_FILE = "length_configs.json"
+NAMED = ("fastest", "balanced", "accurate")
+BALANCED_F1_LOSS = 1.0  # 'balanced': the cheapest point within this many F1 points of the most accurate one
+EPS = 1e-9
+
+
+@dataclass
+class FrontPoint:
+    name: str
+    length_config: LengthConfig | None  # None: the full length
+    gmacs: float  # per dev feature, mean over the features scored
+    speedup_gmacs: float  # full-length GMACs / gmacs
+    search_f1: float  # F1 on the search split (held-out training articles)
+    search_gmacs: float | None = None  # per search-split feature
+    dev_em: float | None = None
+    dev_f1: float | None = None
+    latency_ms: float | None = None  # per feature, batch 1
+    runtime: str | None = None  # the predictor that scored and timed it
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "length_config": self.length_config.to_json() if self.length_config else None,
+                "gmacs": self.gmacs, "speedup_gmacs": self.speedup_gmacs, "search_f1": self.search_f1,
+                "search_gmacs": self.search_gmacs, "dev_em": self.dev_em, "dev_f1": self.dev_f1,
+                "latency_ms": self.latency_ms, "runtime": self.runtime}
+
+    @classmethod
+    def from_json(cls, obj: object, where: str) -> FrontPoint:
+        if not isinstance(obj, dict):
+            raise QualaError(f"{where}: expected an object, got {obj!r}")
+        try:
+            lc = LengthConfig.from_json(obj["length_config"]) if obj.get("length_config") else None
+            return cls(str(obj["name"]), lc, float(obj["gmacs"]), float(obj["speedup_gmacs"]),
+                       float(obj["search_f1"]), *(optional_float(obj.get(k)) for k in
+                                                  ("search_gmacs", "dev_em", "dev_f1", "latency_ms")),
+                       obj.get("runtime"))
+        except KeyError as e:
+            raise QualaError(f"{where}: missing field {e.args[0]!r}") from None
+        except (TypeError, ValueError) as e:
+            raise QualaError(f"{where}: bad value ({e})") from None
+
+    def describe(self) -> str:
+        latency = f", {self.latency_ms:.1f} ms ({self.runtime})" if self.latency_ms is not None else ""
+        return (f"{self.name} [{self.length_config or 'full'}]: {self.gmacs:.3f} GMACs, {self.speedup_gmacs:.2f}x"
+                f"{latency}, search F1 {self.search_f1:.2f}")
+
+
+def optional_float(v: object) -> float | None:
+    return None if v is None else float(v)
+
+
+@dataclass
+class Front:
+    configs: list[FrontPoint]  # by increasing cost
+    full: FrontPoint | None = None
+    named: dict[str, str] = field(default_factory=dict)  # 'fastest'/'balanced'/'accurate' -> a point's name
+    evaluated: list[dict] = field(default_factory=list)  # every configuration the search scored, for the plot
+    info: dict = field(default_factory=dict)  # how the front was made (model, data, search settings)
+
+    def point(self, name: str) -> FrontPoint | None:
+        return next((p for p in self.configs if p.name == name), None)
+
+    def to_json(self) -> dict:
+        return {"configs": [p.to_json() for p in self.configs], "full": self.full.to_json() if self.full else None,
+                "named": self.named, "info": self.info, "evaluated": self.evaluated}
+
+
+def front_path(model_dir: str | os.PathLike) -> Path:
+    return Path(model_dir) / FRONT_FILE
+
+
+def write_front(path: str | os.PathLike, front: Front) -> None:
+    write_json_atomic(path, front.to_json())
+
+
+def read_front(path: str | os.PathLike) -> Front:
+    """A front file, or a model directory holding one."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / FRONT_FILE
+        if not path.is_file():
+            raise QualaError(f"{path}: no such file: run `quala search --model {path.parent}` first")
+    obj = read_json(path)
+    if not isinstance(obj, dict) or not isinstance(obj.get("configs"), list) or not obj["configs"]:
+        raise QualaError(f"{path}: not a front file (expected an object with a non-empty 'configs' list)")
+    configs = [FrontPoint.from_json(c, f"{path}: configs[{i}]") for i, c in enumerate(obj["configs"])]
+    full = FrontPoint.from_json(obj["full"], f"{path}: full") if obj.get("full") else None
+    named = obj.get("named") or name_points(configs)
+    for label, name in named.items():
+        if not any(p.name == name for p in configs):
+            raise QualaError(f"{path}: named[{label!r}] = {name!r} is not a point of 'configs'")
+    return Front(sorted(configs, key=lambda p: p.gmacs), full, named, obj.get("evaluated") or [],
+                 obj.get("info") or {})
+
+
+def name_points(configs: list[FrontPoint]) -> dict[str, str]:
+    """fastest: the cheapest; accurate: the best search F1; balanced: the cheapest within 1 F1 of the best."""
+    best = max(configs, key=lambda p: (p.search_f1, -p.gmacs))
+    balanced = min((p for p in configs if p.search_f1 >= best.search_f1 - BALANCED_F1_LOSS), key=lambda p: p.gmacs)
+    return {"fastest": min(configs, key=lambda p: p.gmacs).name, "balanced": balanced.name, "accurate": best.name}
+
+
+@dataclass(frozen=True)
+class Budget:
+    kind: str  # 'latency_ms', 'gmacs', 'speedup' or 'name'
+    value: float | str
+    text: str
+
+
+BUDGET_FORMS = ("a latency ('20ms', '0.05s'), a cost ('2.5GMACs'), a speedup over the full length ('3x') "
+                "or a named point (fastest, balanced, accurate)")
+UNITS = {"ms": ("latency_ms", 1.0), "s": ("latency_ms", 1000.0), "gmacs": ("gmacs", 1.0), "gmac": ("gmacs", 1.0),
+         "x": ("speedup", 1.0)}
+
+
+def parse_budget(text: str) -> Budget:
+    t = text.strip()
+    if t.lower() in NAMED or re.fullmatch(r"p\d+", t):
+        return Budget("name", t.lower(), text)
+    m = re.fullmatch(r"([0-9]*\.?[0-9]+(?:e[-+]?\d+)?)\s*([a-zA-Z]*)", t)
+    if not m:
+        raise QualaError(f"cannot read budget {text!r}: give {BUDGET_FORMS}")
+    number, unit = float(m.group(1)), m.group(2).lower()
+    if unit not in UNITS:
+        what = f"unknown unit {m.group(2)!r}" if unit else "no unit"
+        raise QualaError(f"budget {text!r}: {what}; give {BUDGET_FORMS}")
+    if number <= 0:
+        raise QualaError(f"budget {text!r}: must be positive")
+    kind, scale = UNITS[unit]
+    return Budget(kind, number * scale, text)
+
+
+def fits(p: FrontPoint, budget: Budget) -> bool:
+    if budget.kind == "latency_ms":
+        return p.latency_ms is not None and p.latency_ms <= budget.value * (1 + EPS)
+    if budget.kind == "gmacs":
+        return p.gmacs <= budget.value * (1 + EPS)
+    return p.speedup_gmacs >= budget.value * (1 - EPS)
+
+
+def select(front: Front, budget: str | Budget, source: str = FRONT_FILE) -> FrontPoint:
+    """The most accurate point of the front that fits the budget (ties: the cheaper)."""
+    b = budget if isinstance(budget, Budget) else parse_budget(budget)
+    if b.kind == "name":
+        name = front.named.get(b.value, b.value)
+        p = front.point(name)
+        if p is None:
+            raise QualaError(f"budget {b.text!r}: {source} has no point named {name!r} "
+                             f"(points: {', '.join(q.name for q in front.configs)})")
+        return p
+    if b.kind == "latency_ms" and all(p.latency_ms is None for p in front.configs):
+        raise QualaError(f"budget {b.text!r}: {source} has no latency measurements; run `quala search --latency` "
+                         f"or give a cost ('2.5GMACs') or a speedup ('3x')")
+    candidates = [p for p in front.configs if fits(p, b)]
+    if not candidates:
+        timed = [p for p in front.configs if p.latency_ms is not None] if b.kind == "latency_ms" else front.configs
+        cheapest = min(timed, key=lambda p: p.latency_ms if b.kind == "latency_ms" else p.gmacs)
+        raise QualaError(f"budget {b.text!r}: no configuration in {source} fits; the cheapest is "
+                         f"{cheapest.describe()}")
+    return max(candidates, key=lambda p: (p.search_f1, -p.gmacs))
+
+
+def choose_length_config(model_dir: str | os.PathLike, budget: str) -> tuple[LengthConfig | None, FrontPoint]:
+    """The length configuration for a budget from MODEL_DIR/length_configs.json, and the point chosen."""
+    path = front_path(model_dir)
+    p = select(read_front(model_dir), budget, str(path))
+    return p.length_config, p

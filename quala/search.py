@@ -1,0 +1,321 @@
+"""Evolutionary search for the length configurations that give the best F1 at each cost (Length-Adaptive
+Transformer, Kim & Cho 2021, section 4).
+
+Configurations are ratios, one per layer, monotone non-increasing, on a grid of `step`. Generation 0 is a
+population spread over cost; each later generation adds `mutations` mutants and `crossovers` children of random
+parents on the current Pareto front (cost = GMACs per feature, from quala.flops), and the front is recomputed over
+everything scored so far. Scores are F1 on held-out training articles (quala.data.split_articles), never on the
+dev set; the dev set only reports the final front. Every score is cached on disk (a configuration is never scored
+twice) and the generation counter and random state are saved after each generation, so an interrupted search
+resumes where it stopped.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from quala import flops
+from quala.budget import Front, FrontPoint, front_path, name_points, write_front
+from quala.config import LengthConfig, QualaError, squad_path
+from quala.data import Example, Feature, collate, load_squad, make_features, split_articles
+from quala.evaluate import Predictor, TorchPredictor, evaluate
+from quala.files import read_json, write_json_atomic
+from quala.modeling import ModelConfig
+
+CACHE_FILE = "search_cache.json"
+STATE_FILE = "search_state.json"
+DEV_CACHE_FILE = "search_dev_cache.json"
+
+
+@dataclass
+class SearchSettings:
+    population: int = 20
+    iterations: int = 30
+    mutations: int = 30
+    crossovers: int = 30
+    mutation_prob: float = 0.5
+    seed: int = 0
+    min_ratio: float = 0.05  # the smallest ratio any layer may keep
+    step: float = 0.01  # ratios are multiples of this
+    limit: int | None = None  # questions of the search split scored (default all)
+    dev_limit: int | None = None  # dev questions the front is reported on (default all)
+    train_file: str = ""  # default: the model's training file, else the shared SQuAD train set
+    dev_file: str = ""  # default: the shared SQuAD dev set
+    heldout_fraction: float | None = None  # default: the model's training setting, else 0.05
+    batch_size: int = 32
+    latency: bool = False  # also time each front configuration (batch 1)
+    latency_features: int = 32
+    latency_repeats: int = 5
+    work_dir: str = ""  # cache and state; default: the model directory
+    progress: bool = True
+
+    EVOLUTION_KEYS = ("population", "mutations", "crossovers", "mutation_prob", "seed", "min_ratio", "step")
+
+
+# ---- configurations ------------------------------------------------------------------------------------------
+def on_grid(values: np.ndarray, s: SearchSettings) -> tuple[float, ...]:
+    """Rounded to the grid, clipped to [min_ratio, 1] and made monotone non-increasing."""
+    v = np.clip(np.round(np.asarray(values, dtype=float) / s.step) * s.step, s.min_ratio, 1.0)
+    return tuple(round(float(x), 6) for x in np.minimum.accumulate(v))
+
+
+def key(values: tuple[float, ...]) -> str:
+    return str(LengthConfig(values))
+
+
+def initial_population(rng: np.random.Generator, layers: int, s: SearchSettings) -> list[tuple[float, ...]]:
+    """From all tokens to about min_ratio: member j keeps ratios drawn in [t_j, sqrt(t_j)], t_j spread over cost."""
+    targets = np.linspace(1.0, s.min_ratio, max(s.population, 1))
+    return [on_grid(np.sort(rng.uniform(t, np.sqrt(t), layers))[::-1], s) for t in targets]
+
+
+def mutate(rng: np.random.Generator, values: tuple[float, ...], s: SearchSettings) -> tuple[float, ...]:
+    """Each layer, with probability mutation_prob, redrawn between its neighbours: the result stays monotone."""
+    v = list(values)
+    for i in range(len(v)):
+        if rng.random() < s.mutation_prob:
+            hi = v[i - 1] if i > 0 else 1.0
+            lo = v[i + 1] if i + 1 < len(v) else s.min_ratio
+            v[i] = float(rng.uniform(lo, hi))
+    return on_grid(np.array(v), s)
+
+
+def crossover(rng: np.random.Generator, a: tuple[float, ...], b: tuple[float, ...], s: SearchSettings
+              ) -> tuple[float, ...]:
+    """Each layer from either parent, then made monotone (a layer never keeps more than the one before)."""
+    pick = rng.random(len(a)) < 0.5
+    return on_grid(np.where(pick, a, b), s)
+
+
+def pareto_front(scores: dict[str, dict]) -> list[str]:
+    """Keys of the configurations no other beats on both cost and F1, by increasing cost ('full' left out: it is
+    the same computation as all ratios 1)."""
+    front, best = [], -np.inf
+    for k in sorted((k for k in scores if k != "full"), key=lambda k: (scores[k]["gmacs"], -scores[k]["f1"])):
+        if scores[k]["f1"] > best:
+            front.append(k)
+            best = scores[k]["f1"]
+    return front
+
+
+# ---- scoring, cached on disk ---------------------------------------------------------------------------------
+class ScoreCache:
+    """{config string: scores} in a JSON file, tied to what the scores depend on (model, data, runtime)."""
+
+    def __init__(self, path: Path, fingerprint: dict):
+        self.path, self.fingerprint, self.scores = path, fingerprint, {}
+        if path.is_file():
+            obj = read_json(path)
+            old = obj.get("fingerprint") if isinstance(obj, dict) else None
+            if old != fingerprint:
+                diff = [k for k in fingerprint if not isinstance(old, dict) or old.get(k) != fingerprint[k]]
+                raise QualaError(f"{path}: made for another model, data or runtime (differs in: "
+                                 f"{', '.join(diff) or 'format'}); use another --work-dir or delete it")
+            self.scores = obj.get("scores", {})
+
+    def __contains__(self, k: str) -> bool:
+        return k in self.scores
+
+    def __getitem__(self, k: str) -> dict:
+        return self.scores[k]
+
+    def put(self, k: str, value: dict) -> None:
+        self.scores[k] = value
+        write_json_atomic(self.path, {"fingerprint": self.fingerprint, "scores": self.scores})
+
+
+class Scorer:
+    """Scores configurations on one tokenized split, each at most once."""
+
+    def __init__(self, predictor: Predictor, tokenizer, config: ModelConfig, examples: list[Example],
+                 cache: ScoreCache, batch_size: int):
+        self.predictor, self.tokenizer, self.config, self.examples = predictor, tokenizer, config, examples
+        self.features = make_features(examples, tokenizer, config.max_seq_length, config.doc_stride,
+                                      config.max_query_length)  # tokenized once, for every configuration
+        self.lengths = [len(f) for f in self.features]
+        self.cache, self.batch_size, self.evaluations = cache, batch_size, 0
+
+    def score(self, k: str) -> dict:
+        if k not in self.cache:
+            lc = LengthConfig.parse(k)
+            r = evaluate(self.predictor, self.tokenizer, self.examples, lc, self.batch_size,
+                         features=self.features, progress=False)
+            self.cache.put(k, {"f1": r.f1, "em": r.exact_match, "gmacs": flops.mean_gmacs(self.config, lc,
+                                                                                             self.lengths)})
+            self.evaluations += 1
+        return self.cache[k]
+
+    def score_all(self, keys: list[str], desc: str, progress: bool) -> None:
+        for k in tqdm(keys, desc=desc, unit="config", disable=not progress, leave=False):
+            self.score(k)
+
+
+# ---- the search ----------------------------------------------------------------------------------------------
+def offspring(rng: np.random.Generator, parents: list[tuple[float, ...]], seen: set[str], s: SearchSettings
+              ) -> list[str]:
+    """mutations + crossovers new configurations (not scored before) from parents on the front."""
+    children: list[str] = []
+    for count, make in ((s.mutations, lambda: mutate(rng, parents[rng.integers(len(parents))], s)),
+                        (s.crossovers, lambda: crossover(rng, parents[rng.integers(len(parents))],
+                                                         parents[rng.integers(len(parents))], s))):
+        made = 0
+        for _ in range(20 * count):  # the front may be small: give up rather than loop forever
+            if made == count:
+                break
+            k = key(make())
+            if k not in seen:
+                seen.add(k)
+                children.append(k)
+                made += 1
+    return children
+
+
+def evolve(scorer: Scorer, layers: int, s: SearchSettings, state_path: Path, fingerprint: dict) -> list[str]:
+    """Runs (or resumes) the evolution; returns the Pareto front's keys.
+
+    The state after each generation is its number, the random state and how many cache entries existed then: a
+    resumed generation draws the same children as the interrupted one, and those already scored come from the cache.
+    """
+    settings = {k: getattr(s, k) for k in SearchSettings.EVOLUTION_KEYS} | fingerprint
+    rng = np.random.default_rng(s.seed)
+    generation, n_scored = -1, 0
+    if state_path.is_file():
+        state = read_json(state_path)
+        diff = [k for k in settings if state.get("settings", {}).get(k) != settings[k]]
+        if diff:
+            raise QualaError(f"{state_path}: a search with other settings ({', '.join(diff)}) is saved there; "
+                             f"use the same settings to resume, or another --work-dir")
+        generation, n_scored = state["generation"], state["scored"]
+        rng.bit_generator.state = state["rng"]
+    bar = tqdm(total=s.iterations + 1, initial=min(generation + 1, s.iterations + 1), desc="search",
+               unit="gen", disable=not s.progress)
+    while generation < s.iterations:
+        if generation < 0:
+            keys = [key(v) for v in initial_population(rng, layers, s)]
+        else:
+            known = dict(list(scorer.cache.scores.items())[:n_scored])
+            keys = offspring(rng, [LengthConfig.parse(k).values for k in pareto_front(known)], set(known), s)
+        scorer.score_all(keys, f"generation {generation + 1}", s.progress)
+        generation, n_scored = generation + 1, len(scorer.cache.scores)
+        write_json_atomic(state_path, {"settings": settings, "generation": generation, "scored": n_scored,
+                                       "rng": rng.bit_generator.state})
+        front = pareto_front(scorer.cache.scores)
+        bar.update(1)
+        bar.set_postfix(front=len(front), scored=len(scorer.cache.scores))
+    bar.close()
+    return pareto_front(scorer.cache.scores)
+
+
+def measure_latency(predictor: Predictor, features: list[Feature], lc: LengthConfig | None, repeats: int) -> float:
+    """Milliseconds per feature at batch 1: each feature's median over repeats, averaged over the features."""
+    medians = []
+    for f in features:
+        batch = collate([f])
+        predictor(batch, lc)  # warm-up
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            predictor(batch, lc)
+            times.append(time.perf_counter() - t0)
+        medians.append(float(np.median(times)))
+    return 1000 * float(np.mean(medians))
+
+
+def runtime_name(predictor: Predictor) -> str:
+    """'torch-fp32', 'torch-bf16', 'onnxruntime:model.int8.onnx' (a predictor with a .path), or its .name."""
+    if isinstance(predictor, TorchPredictor):
+        return "torch-bf16" if predictor.dtype == torch.bfloat16 else "torch-fp32"
+    if getattr(predictor, "path", None) is not None:
+        return f"onnxruntime:{Path(predictor.path).name}"
+    return str(getattr(predictor, "name", type(predictor).__name__))
+
+
+def weights_digest(model_dir: Path, predictor: Predictor) -> str:
+    """The weights the scores depend on: the predictor's file (ONNX), else model.safetensors."""
+    path = Path(getattr(predictor, "path", None) or model_dir / "model.safetensors")
+    if not path.is_file():
+        raise QualaError(f"{path}: no such file (the model's weights)")
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return f"{path.name}:{h.hexdigest()[:16]}"
+
+
+def search_split(model_config: ModelConfig, s: SearchSettings) -> tuple[list[Example], dict]:
+    """The held-out training articles the model was not trained on, as training split them, and where from."""
+    trained = (model_config.extra or {}).get("train_config", {})
+    train_file = s.train_file or trained.get("train_file") or str(squad_path("train"))
+    fraction = s.heldout_fraction if s.heldout_fraction is not None else trained.get("heldout_fraction", 0.05)
+    train_limit = trained.get("limit") if not s.train_file else None  # training split its first N questions
+    _, heldout = split_articles(load_squad(train_file, limit=train_limit), fraction)
+    if not heldout:
+        raise QualaError(f"{train_file}: the held-out split is empty (heldout fraction {fraction})")
+    heldout = heldout[: s.limit] if s.limit else heldout
+    return heldout, {"train_file": str(train_file), "train_limit": train_limit, "heldout_fraction": fraction,
+                     "limit": s.limit, "questions": len(heldout)}
+
+
+def run_search(model_dir: str | os.PathLike, s: SearchSettings, predictor: Predictor | None = None,
+               tokenizer=None) -> Front:
+    """Search, report the front on the dev set, and write MODEL_DIR/length_configs.json and its plot."""
+    model_dir = Path(model_dir)
+    if predictor is None or tokenizer is None:
+        from quala.runtime import load_predictor
+        predictor, tokenizer, config = load_predictor(model_dir, "torch")
+    else:
+        if not (model_dir / "config.json").is_file():
+            raise QualaError(f"{model_dir}: not a model directory (no config.json)")
+        config = ModelConfig.from_dict(read_json(model_dir / "config.json"))
+    work = Path(s.work_dir) if s.work_dir else model_dir
+    work.mkdir(parents=True, exist_ok=True)
+    examples, data = search_split(config, s)
+    runtime = runtime_name(predictor)
+    fingerprint = {"model": weights_digest(model_dir, predictor), "runtime": runtime, **data}
+    scorer = Scorer(predictor, tokenizer, config, examples, ScoreCache(work / CACHE_FILE, fingerprint),
+                    s.batch_size)
+    front_keys = evolve(scorer, config.num_hidden_layers, s, work / STATE_FILE, fingerprint)
+    full = scorer.score("full")
+    front = report_on_dev(predictor, tokenizer, config, scorer, front_keys, full, s, runtime, work)
+    front.info = {"model": str(model_dir), "runtime": runtime, "search": {**data, **{
+        k: getattr(s, k) for k in SearchSettings.EVOLUTION_KEYS + ("iterations",)}},
+        "dev_file": s.dev_file or str(squad_path("dev")), "dev_limit": s.dev_limit, "work_dir": str(work),
+        "evaluations": len(scorer.cache.scores)}
+    write_front(front_path(model_dir), front)
+    from quala.report import PLOT_FILE, plot_front
+    plot_front(front, model_dir / PLOT_FILE)
+    return front
+
+
+def report_on_dev(predictor: Predictor, tokenizer, config: ModelConfig, scorer: Scorer, front_keys: list[str],
+                  full: dict, s: SearchSettings, runtime: str, work: Path) -> Front:
+    """Dev EM/F1 (cached), dev GMACs and, with s.latency, batch-1 latency of the front and the full length."""
+    dev = load_squad(s.dev_file or squad_path("dev"), limit=s.dev_limit)
+    dev_cache = ScoreCache(work / DEV_CACHE_FILE, {"model": scorer.cache.fingerprint["model"], "runtime": runtime,
+                                                   "dev_file": str(s.dev_file or squad_path("dev")),
+                                                   "dev_limit": s.dev_limit})
+    dev_scorer = Scorer(predictor, tokenizer, config, dev, dev_cache, s.batch_size)
+    sample = [scorer.features[i] for i in np.random.default_rng(0).permutation(len(scorer.features))
+              [: s.latency_features]]
+    full_gmacs = flops.mean_gmacs(config, None, dev_scorer.lengths)
+
+    def point(name: str, k: str, search: dict) -> FrontPoint:
+        lc = LengthConfig.parse(k)
+        d = dev_scorer.score(k)
+        gmacs = flops.mean_gmacs(config, lc, dev_scorer.lengths)
+        latency = measure_latency(predictor, sample, lc, s.latency_repeats) if s.latency else None
+        return FrontPoint(name, lc, gmacs, full_gmacs / gmacs, search["f1"], search["gmacs"], d["em"], d["f1"],
+                          latency, runtime)
+
+    points = [point(f"p{i}", k, scorer.score(k))
+              for i, k in enumerate(tqdm(front_keys, desc="dev", unit="config", disable=not s.progress))]
+    evaluated = [{"length_config": k, "search_gmacs": v["gmacs"], "search_f1": v["f1"]}
+                 for k, v in scorer.cache.scores.items()]
+    return Front(points, point("full", "full", full), name_points(points), evaluated)

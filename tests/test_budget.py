@@ -1,0 +1,99 @@
+import json
+
+import pytest
+
+from quala.budget import Front, FrontPoint, choose_length_config, name_points, parse_budget, read_front, select, \
+    write_front
+from quala.cli import main
+from quala.config import LengthConfig, QualaError
+
+
+def point(name, ratios, gmacs, f1, latency=None):
+    return FrontPoint(name, LengthConfig(ratios), gmacs, 4.0 / gmacs, f1, gmacs * 1.1, f1 - 2, f1 - 1, latency,
+                      "torch-fp32")
+
+
+@pytest.fixture
+def front() -> Front:
+    configs = [point("p0", (0.3, 0.2, 0.1), 1.0, 70.0, 5.0), point("p1", (0.6, 0.5, 0.3), 2.0, 79.5, 9.0),
+               point("p2", (1.0, 0.9, 0.8), 4.0, 80.0, 16.0)]
+    full = FrontPoint("full", None, 4.0, 1.0, 80.0, 4.4, 78.0, 79.0, 17.0, "torch-fp32")
+    return Front(configs, full, name_points(configs), [{"length_config": "1", "search_gmacs": 1, "search_f1": 2}])
+
+
+@pytest.mark.parametrize("budget, expected", [
+    ("2GMACs", "p1"),  # exactly at a point's cost
+    ("1.999GMACs", "p0"), ("2.5 gmacs", "p1"), ("100GMACs", "p2"), ("1GMAC", "p0"),
+    ("2x", "p1"), ("4x", "p0"), ("1.5x", "p1"), ("1x", "p2"),
+    ("9ms", "p1"), ("8.99ms", "p0"), ("0.009s", "p1"), ("1000ms", "p2"),
+    ("fastest", "p0"), ("balanced", "p1"), ("accurate", "p2"), ("Accurate", "p2"), ("p1", "p1"),
+])
+def test_budget_picks_the_most_accurate_point_that_fits(front, budget, expected):
+    assert select(front, budget).name == expected
+
+
+@pytest.mark.parametrize("budget", ["0.5GMACs", "4.5x", "4ms"])
+def test_impossible_budget_names_the_cheapest_point(front, budget):
+    with pytest.raises(QualaError, match=r"no configuration in .* fits; the cheapest is p0 \[0.3,0.2,0.1\]"):
+        select(front, budget)
+
+
+@pytest.mark.parametrize("budget, message", [
+    ("5kg", "unknown unit 'kg'"), ("3", "no unit"), ("fast", "cannot read budget"), ("-2x", "cannot read budget"),
+    ("0x", "must be positive"), ("p9", "no point named 'p9'"),
+])
+def test_bad_budget_is_a_clear_error(front, budget, message):
+    with pytest.raises(QualaError, match=message):
+        select(front, budget)
+
+
+def test_latency_budget_needs_measured_latencies(front):
+    for p in front.configs:
+        p.latency_ms = None
+    with pytest.raises(QualaError, match="no latency measurements"):
+        select(front, "20ms")
+    assert select(front, "3x").name == "p0"
+
+
+def test_ties_go_to_the_cheaper_point():
+    configs = [point("p0", (0.5,), 1.0, 80.0), point("p1", (1.0,), 2.0, 80.0)]
+    assert select(Front(configs, None, name_points(configs)), "10GMACs").name == "p0"
+    assert name_points(configs) == {"fastest": "p0", "balanced": "p0", "accurate": "p0"}
+    assert parse_budget("20ms").value == 20.0 and parse_budget("0.02s").value == 20.0
+
+
+def test_front_file_round_trip_and_errors(front, tmp_path):
+    write_front(tmp_path / "length_configs.json", front)
+    back = read_front(tmp_path)
+    assert back.configs == front.configs and back.full == front.full and back.named == front.named
+    lc, p = choose_length_config(tmp_path, "balanced")
+    assert lc == LengthConfig((0.6, 0.5, 0.3)) and p.name == "p1"
+    obj = json.loads((tmp_path / "length_configs.json").read_text())
+    del obj["configs"][1]["search_f1"]
+    (tmp_path / "length_configs.json").write_text(json.dumps(obj))
+    with pytest.raises(QualaError, match=r"configs\[1\]: missing field 'search_f1'"):
+        read_front(tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(QualaError, match="run `quala search"):
+        read_front(tmp_path / "empty")
+
+
+def test_cli_budget_chooses_a_configuration(tiny_model_dir, data_dir, tmp_path, capsys, front):
+    model = tmp_path / "model"
+    model.mkdir()
+    for f in tiny_model_dir.iterdir():
+        (model / f.name).write_bytes(f.read_bytes())
+    write_front(model / "length_configs.json", front)
+    argv = ["eval", "--model", str(model), "--data", str(data_dir / "dev.json"), "--limit", "3"]
+    assert main(argv + ["--budget", "2x"]) == 0
+    out = capsys.readouterr().out
+    assert "budget         2x -> p1 [0.6,0.5,0.3]" in out and "length config  0.6,0.5,0.3" in out
+    assert main(argv + ["--budget", "2x", "--length-config", "0.5,0.5,0.5"]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert main(argv + ["--budget", "0.1GMACs"]) == 2
+    assert "the cheapest is p0" in capsys.readouterr().err
+    assert main(["answer", "--model", str(model), "-q", "Who?", "-c", "Ann met Bob.", "--budget", "fastest"]) == 0
+    captured = capsys.readouterr()
+    assert "fastest -> p0" in captured.err and "A: " in captured.out
+    assert main(["eval", "--model", str(tiny_model_dir), "--budget", "3x"]) == 2
+    assert "run `quala search" in capsys.readouterr().err

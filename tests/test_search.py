@@ -1,0 +1,155 @@
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import quala.search as search
+from quala.budget import read_front, select
+from quala.cli import main
+from quala.config import LengthConfig, QualaError
+from quala.modeling import QualaForQuestionAnswering
+from quala.search import SearchSettings, crossover, initial_population, mutate, on_grid, pareto_front, run_search
+from tests.conftest import tiny_config
+
+SMALL = dict(population=5, iterations=2, mutations=3, crossovers=3, limit=6, dev_limit=4, heldout_fraction=0.5,
+             progress=False)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tokenizer) -> Path:
+    """A tiny random model with large weights, so its F1 changes with the length configuration."""
+    torch.manual_seed(0)
+    model = QualaForQuestionAnswering(tiny_config())
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.2)
+    d = tmp_path_factory.mktemp("search-model")
+    model.save_pretrained(d)
+    tokenizer.save_pretrained(str(d))
+    return d
+
+
+@pytest.fixture
+def counted(monkeypatch) -> list:
+    """Every (number of questions, length config) the search evaluates."""
+    calls = []
+    evaluate = search.evaluate
+
+    def spy(predictor, tokenizer, examples, length_config, *args, **kwargs):
+        calls.append((len(examples), str(length_config)))
+        return evaluate(predictor, tokenizer, examples, length_config, *args, **kwargs)
+
+    monkeypatch.setattr(search, "evaluate", spy)
+    return calls
+
+
+def settings(data_dir, work, **overrides) -> SearchSettings:
+    kw = dict(SMALL, train_file=str(data_dir / "train.json"), dev_file=str(data_dir / "dev.json"), work_dir=str(work))
+    kw.update(overrides)
+    return SearchSettings(**kw)
+
+
+def test_mutation_and_crossover_keep_configurations_monotone_and_on_the_grid():
+    s = SearchSettings(step=0.05, min_ratio=0.1, mutation_prob=0.7)
+    rng = np.random.default_rng(0)
+    population = initial_population(rng, 6, s)
+    assert population[0] == (1.0,) * 6 and len(population) == s.population
+    assert np.mean(population[-1]) < 0.35  # spread down to the cheap end
+    for _ in range(300):
+        a, b = population[rng.integers(len(population))], population[rng.integers(len(population))]
+        for child in (mutate(rng, a, s), crossover(rng, a, b, s)):
+            assert all(x >= y for x, y in zip(child, child[1:])) and 0.1 <= min(child) and max(child) <= 1.0
+            assert all(abs(x / 0.05 - round(x / 0.05)) < 1e-6 for x in child)
+            assert LengthConfig.parse(search.key(child)) == LengthConfig(child)
+    assert on_grid(np.array([0.5, 0.73, 0.02]), s) == (0.5, 0.5, 0.1)
+
+
+def test_pareto_front_keeps_only_non_dominated_points():
+    scores = {"a": {"gmacs": 1, "f1": 50}, "b": {"gmacs": 2, "f1": 40}, "c": {"gmacs": 2, "f1": 60},
+              "d": {"gmacs": 3, "f1": 60}, "e": {"gmacs": 4, "f1": 70}, "full": {"gmacs": 4, "f1": 99}}
+    assert pareto_front(scores) == ["a", "c", "e"]
+
+
+def test_search_finds_a_non_dominated_monotone_front_and_scores_each_config_once(model_dir, data_dir, tmp_path,
+                                                                                   counted):
+    front = run_search(model_dir, settings(data_dir, tmp_path, latency=True, latency_features=2, latency_repeats=1))
+    cache = json.loads((tmp_path / search.CACHE_FILE).read_text())["scores"]
+    search_calls = [lc for n, lc in counted if n == 6]
+    assert len(search_calls) == len(set(search_calls)) == len(cache)  # never scored twice
+    assert {lc for n, lc in counted if n == 4} == {str(p.length_config or "None") for p in front.configs} | {"None"}
+    assert len(cache) > SMALL["population"] + 2  # generations after the first added configurations
+    assert len({v["f1"] for v in cache.values()}) > 1  # the tiny model's F1 depends on the configuration
+    points = [(v["gmacs"], v["f1"]) for k, v in cache.items() if k != "full"]
+    for p in front.configs:
+        assert not any(g <= p.search_gmacs and f >= p.search_f1 and (g, f) != (p.search_gmacs, p.search_f1)
+                       for g, f in points), f"{p.name} is dominated"
+        assert p.length_config.unit == "ratio" and list(p.length_config.values) == sorted(p.length_config.values,
+                                                                                          reverse=True)
+        assert p.latency_ms > 0 and p.runtime == "torch-fp32" and p.dev_f1 is not None
+    assert [p.search_f1 for p in front.configs] == sorted(p.search_f1 for p in front.configs)
+    saved = read_front(model_dir)
+    assert saved.configs == front.configs and saved.full.speedup_gmacs == 1.0
+    assert select(saved, "fastest") == front.configs[0]
+    assert (model_dir / "length_configs.png").read_bytes()[:4] == b"\x89PNG"
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_search_resumes_where_it_stopped(model_dir, data_dir, tmp_path, counted, monkeypatch):
+    straight = tmp_path / "straight"
+    run_search(model_dir, settings(data_dir, straight, iterations=2, dev_limit=2))
+    expected = json.loads((straight / search.CACHE_FILE).read_text())["scores"]
+
+    # stopped after generation 1, then again in the middle of generation 2
+    resumed = tmp_path / "resumed"
+    run_search(model_dir, settings(data_dir, resumed, iterations=1, dev_limit=2))
+    counted.clear()
+    evaluate = search.evaluate
+
+    def dies_after_one(*args, **kwargs):
+        if len(counted) >= 1:
+            raise Interrupt
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(search, "evaluate", dies_after_one)
+    with pytest.raises(Interrupt):
+        run_search(model_dir, settings(data_dir, resumed, iterations=2, dev_limit=2))
+    monkeypatch.setattr(search, "evaluate", evaluate)
+    before = len(json.loads((resumed / search.CACHE_FILE).read_text())["scores"])
+    assert len(expected) - before >= 1  # generation 2 was cut short: some of its configurations are still missing
+    counted.clear()
+    run_search(model_dir, settings(data_dir, resumed, iterations=2, dev_limit=2))
+    scores = json.loads((resumed / search.CACHE_FILE).read_text())["scores"]
+    assert scores == expected  # same configurations, same scores, as the uninterrupted search
+    assert len([1 for n, _ in counted if n == 6]) == len(scores) - before  # only the missing ones were scored
+    assert json.loads((resumed / search.STATE_FILE).read_text())["generation"] == 2
+
+    with pytest.raises(QualaError, match=r"other settings \(seed\)"):
+        run_search(model_dir, settings(data_dir, resumed, iterations=2, seed=1))
+    with pytest.raises(QualaError, match=r"another model, data or runtime \(differs in: limit, questions\)"):
+        run_search(model_dir, settings(data_dir, resumed, limit=5))
+
+
+def test_cli_search_and_report(model_dir, data_dir, tmp_path, capsys):
+    model = tmp_path / "model"
+    shutil.copytree(model_dir, model)
+    (model / "length_configs.json").unlink(missing_ok=True)
+    argv = ["search", "--model", str(model), "--train-file", str(data_dir / "train.json"), "--dev-file",
+            str(data_dir / "dev.json"), "--heldout-fraction", "0.5", "--limit", "6", "--dev-limit", "3",
+            "--population", "4", "--iterations", "1", "--mutations", "3", "--crossovers", "3"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| p0" in out and "| full | full |" in out and (model / "length_configs.json").is_file()
+    (model / "length_configs.png").unlink()
+    assert main(["report", "--model", str(model)]) == 0
+    out = capsys.readouterr().out
+    assert "| point | length config | GMACs | speedup (GMACs) | latency (ms) | search F1 | dev F1 |" in out
+    assert (model / "length_configs.png").is_file()
+    assert main(argv + ["--length-config", "0.5,0.5,0.5"]) == 2
+    assert "drop --length-config" in capsys.readouterr().err
