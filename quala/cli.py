@@ -16,23 +16,42 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--length-config", default=None,
                    help="tokens kept after each layer: ratios of each input's length ('1.0,0.8,0.6,0.5,0.4,0.3') "
                         "or token counts ('315,251,242,159,142,33'); 'full' for no dropping; default: the model's")
+    p.add_argument("--budget", default=None,
+                   help="pick the most accurate configuration of the model's length_configs.json (written by "
+                        "`quala search`) that fits: a latency ('20ms'), a cost ('2.5GMACs'), a speedup over the "
+                        "full length ('3x') or a named point (fastest, balanced, accurate)")
     p.add_argument("--batch-size", type=int, default=32, help="features per forward pass (default 32)")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
                    help="fp32, or bf16 autocast (fast on CPUs with AVX512-BF16/AMX)")
+    p.add_argument("--runtime", choices=["auto", "torch", "onnx", "onnx-int8"], default="auto",
+                   help="inference engine: torch (model.safetensors), onnx (model.onnx) or onnx-int8 "
+                        "(model.int8.onnx) in ONNX Runtime; auto (default) takes the first of model.int8.onnx, "
+                        "model.onnx, model.safetensors that the directory holds (torch for --dtype bf16)")
 
 
 def load_predictor(args):
     import torch
 
-    from quala.evaluate import TorchPredictor
-    from quala.modeling import load
+    from quala import runtime
     model_dir = args.model or default_model_dir()
-    model, tokenizer = load(model_dir)
-    lc = LengthConfig.parse(args.length_config) if args.length_config else model.default_length_config
-    if lc is not None:
-        lc.check(model.config.num_hidden_layers, model.config.max_seq_length)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    return TorchPredictor(model, dtype), tokenizer, model.config, lc, model_dir
+    predictor, tokenizer, config = runtime.load_predictor(model_dir, getattr(args, "runtime", "auto"), dtype)
+    default = LengthConfig.from_json(config.length_config) if config.length_config else None
+    lc = LengthConfig.parse(args.length_config) if args.length_config else default
+    if lc is not None:
+        lc.check(config.num_hidden_layers, config.max_seq_length)
+    return predictor, tokenizer, config, lc, model_dir
+
+
+def apply_budget(args, model_dir, lc):
+    """--budget -> (the chosen length configuration, a line saying which); without it, lc unchanged."""
+    if not getattr(args, "budget", None):
+        return lc, None
+    if args.length_config:
+        raise QualaError("give --budget or --length-config, not both")
+    from quala.budget import choose_length_config
+    lc, point = choose_length_config(model_dir, args.budget)
+    return lc, f"{args.budget} -> {point.describe()}"
 
 
 def cmd_eval(args) -> None:
@@ -42,6 +61,7 @@ def cmd_eval(args) -> None:
     data = args.data or squad_path("dev")
     examples = load_squad(data, limit=args.limit)
     predictor, tokenizer, config, lc, model_dir = load_predictor(args)
+    lc, chosen = apply_budget(args, model_dir, lc)
     t0 = time.perf_counter()
     r = evaluate(predictor, tokenizer, examples, lc, args.batch_size, config.max_seq_length, config.doc_stride,
                  config.max_query_length)
@@ -51,6 +71,8 @@ def cmd_eval(args) -> None:
     print(f"model          {model_dir}")
     print(f"data           {data}")
     print(f"questions      {r.questions} ({r.features} features, {r.tokens:.1f} tokens each on average)")
+    if chosen:
+        print(f"budget         {chosen}")
     print(f"length config  {lc or 'full'}")
     print("kept tokens    " + " ".join(f"{k:.1f}" for k in r.kept_per_layer) + "  (mean per layer)")
     print(f"exact match    {r.exact_match:.2f}")
@@ -75,7 +97,10 @@ def cmd_answer(args) -> None:
     for q in questions:
         if not q:
             raise QualaError("a --question is empty")
-    predictor, tokenizer, config, lc, _ = load_predictor(args)
+    predictor, tokenizer, config, lc, model_dir = load_predictor(args)
+    lc, chosen = apply_budget(args, model_dir, lc)
+    if chosen:
+        print(f"budget {chosen}", file=sys.stderr)
     answers = answer_questions(predictor, tokenizer, [(q, context) for q in questions], lc, 1, args.batch_size,
                                config.max_seq_length, config.doc_stride, config.max_query_length)
     for q, (a,) in zip(questions, answers):
@@ -97,6 +122,114 @@ def cmd_train(args) -> None:
                       checkpoint_minutes=args.checkpoint_minutes, eval_limit=args.eval_limit, resume=args.resume)
     final = train(cfg)
     print(f"model saved in {final}")
+
+
+def cmd_export(args) -> None:
+    from quala.export import export_dir
+    path = export_dir(args.model, args.output)
+    print(f"ONNX model (token_counts as an input: one graph for every length config) written to {path}")
+
+
+def cmd_quantize(args) -> None:
+    from quala.quantize import quantize_model
+    path = quantize_model(args.model, args.mode, args.output, args.keep_float, args.calibration_features,
+                          args.train_file)
+    print(f"INT8 ({args.mode}) model written to {path}")
+
+
+def add_onnx_parsers(sub) -> None:
+    p = sub.add_parser("export", help="export a model directory to ONNX (DIR/model.onnx)",
+                       description="Export to ONNX with the length configuration as a runtime input "
+                                   "(token_counts), so one graph serves every configuration.")
+    p.add_argument("--model", type=Path, required=True, help="model directory with model.safetensors")
+    p.add_argument("--output", type=Path, default=None, help="ONNX file to write (default: DIR/model.onnx)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("quantize", help="INT8-quantize DIR/model.onnx to DIR/model.int8.onnx (ONNX Runtime)",
+                       description="Post-training INT8 quantization of the linear layers with ONNX Runtime "
+                                   "(exports DIR/model.onnx first when missing).")
+    p.add_argument("--model", type=Path, required=True, help="model directory")
+    p.add_argument("--mode", choices=["dynamic", "static"], default="dynamic",
+                   help="dynamic (default: the faster and more accurate one on the AVX-512 VNNI CPU it was "
+                        "measured on): per-channel int8 weights, activations quantized per batch at run time; "
+                        "static: QDQ with activation ranges calibrated on SQuAD train features")
+    p.add_argument("--output", type=Path, default=None, help="file to write (default: DIR/model.int8.onnx)")
+    p.add_argument("--keep-float", default=None, metavar="PATTERN",
+                   help="regular expression on ONNX node names to keep in float (mixed precision), e.g. "
+                        "'layers\\.5/ffn_out'")
+    p.add_argument("--calibration-features", type=int, default=256,
+                   help="SQuAD train features for static calibration (default 256)")
+    p.add_argument("--train-file", type=Path, default=None,
+                   help="SQuAD v1.1 train JSON for calibration (default: the shared train set; never dev)")
+    p.set_defaults(func=cmd_quantize)
+
+
+def cmd_search(args) -> None:
+    from quala.budget import front_path
+    from quala.report import PLOT_FILE, markdown_table
+    from quala.search import SearchSettings, run_search
+    if args.length_config or args.budget:
+        raise QualaError("`quala search` explores the length configurations itself: drop --length-config/--budget")
+    predictor, tokenizer, _, _, model_dir = load_predictor(args)
+    s = SearchSettings(population=args.population, iterations=args.iterations, mutations=args.mutations,
+                       crossovers=args.crossovers, mutation_prob=args.mutation_prob, seed=args.seed,
+                       min_ratio=args.min_ratio, step=args.step, limit=args.limit, dev_limit=args.dev_limit,
+                       train_file=str(args.train_file or ""), dev_file=str(args.dev_file or ""),
+                       heldout_fraction=args.heldout_fraction, batch_size=args.batch_size, latency=args.latency,
+                       latency_features=args.latency_features, latency_repeats=args.latency_repeats,
+                       work_dir=str(args.work_dir or ""))
+    front = run_search(model_dir, s, predictor, tokenizer)
+    print(markdown_table(front))
+    print(f"\nfront     {front_path(model_dir)}\nplot      {Path(model_dir) / PLOT_FILE}")
+
+
+def cmd_report(args) -> None:
+    from quala.budget import front_path, read_front
+    from quala.report import PLOT_FILE, markdown_table, plot_front
+    model_dir = args.model or default_model_dir()
+    front = read_front(model_dir)
+    plot = args.plot or Path(model_dir) / PLOT_FILE
+    plot_front(front, plot)
+    print(markdown_table(front))
+    print(f"\nfront     {front_path(model_dir)}\nplot      {plot}")
+
+
+def add_search_parsers(sub) -> None:
+    p = sub.add_parser("search", help="evolutionary search for the best length configuration at each cost",
+                       description="Evolutionary search (Length-Adaptive Transformer) over ratio length "
+                                   "configurations, scored on held-out training articles; the Pareto front of F1 "
+                                   "against GMACs is reported on the dev set and written to "
+                                   "MODEL/length_configs.json (used by --budget) with a plot. Resumable: scores are "
+                                   "cached and the state saved every generation.")
+    add_model_args(p)
+    a = p.add_argument
+    a("--population", type=int, default=20, help="configurations of generation 0, spread over cost (default 20)")
+    a("--iterations", type=int, default=30, help="generations after the first (default 30)")
+    a("--mutations", type=int, default=30, help="mutants per generation (default 30)")
+    a("--crossovers", type=int, default=30, help="crossover children per generation (default 30)")
+    a("--mutation-prob", type=float, default=0.5, help="probability that a layer's ratio mutates (default 0.5)")
+    a("--seed", type=int, default=0, help="random seed of the evolution (default 0)")
+    a("--min-ratio", type=float, default=0.05, help="smallest ratio of tokens a layer may keep (default 0.05)")
+    a("--step", type=float, default=0.01, help="ratios are multiples of this (default 0.01)")
+    a("--limit", type=int, default=None, help="score on the first N questions of the search split (default all)")
+    a("--dev-limit", type=int, default=None, help="report the front on the first N dev questions (default all)")
+    a("--train-file", type=Path, default=None, help="SQuAD v1.1 train JSON whose held-out articles are scored "
+      "(default: the model's training file, else the shared train set)")
+    a("--heldout-fraction", type=float, default=None, help="fraction of train articles held out (default: the "
+      "model's training setting, else 0.05); must match training, or the search scores trained-on articles")
+    a("--dev-file", type=Path, default=None, help="SQuAD v1.1 dev JSON (default: the shared dev set)")
+    a("--latency", action="store_true", help="also time each front configuration (batch 1) on this runtime")
+    a("--latency-features", type=int, default=32, help="features timed per configuration (default 32)")
+    a("--latency-repeats", type=int, default=5, help="timings per feature; the median counts (default 5)")
+    a("--work-dir", type=Path, default=None, help="folder of the score cache and search state (default: MODEL)")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("report", help="print the searched front as a table and redraw its plot",
+                       description="Print MODEL/length_configs.json as a markdown table and redraw "
+                                   "MODEL/length_configs.png.")
+    p.add_argument("--model", type=Path, default=None, help="model directory (default: the released model)")
+    p.add_argument("--plot", type=Path, default=None, help="PNG to write (default: MODEL/length_configs.png)")
+    p.set_defaults(func=cmd_report)
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
@@ -137,6 +270,12 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     a("--resume", action="store_true", help="continue from OUTPUT's checkpoint exactly where it stopped")
 
 
+def cmd_serve(args) -> None:
+    from quala.serve import serve
+    serve(args.model or default_model_dir(), args.host, args.port, args.runtime, args.max_batch, args.max_wait_ms,
+          int(args.max_body_mb * 1024 * 1024))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quala", description="Fast extractive question answering on CPUs with "
                                      "one length-adaptive, quantized MiniLM.")
@@ -167,6 +306,22 @@ def build_parser() -> argparse.ArgumentParser:
                                    "Runs on CPU, one GPU, or several under torchrun. Ctrl-C saves a checkpoint.")
     add_train_args(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("serve", help="HTTP API and web page; each request brings its own compute budget",
+                       description="Serve the model over HTTP (FastAPI): POST /answer, POST /answer/batch, "
+                                   "GET /configs, GET /health, OpenAPI docs at /docs, and a web page at /.")
+    p.add_argument("--model", type=Path, default=None, help="model directory (default: the released model)")
+    p.add_argument("--runtime", choices=["auto", "torch", "onnx", "onnx-int8"], default="auto",
+                   help="inference engine (default auto: INT8 ONNX when the directory holds it)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--max-batch", type=int, default=16, help="most requests answered in one forward pass")
+    p.add_argument("--max-wait-ms", type=float, default=5.0,
+                   help="how long a request waits for others to batch with (default 5 ms)")
+    p.add_argument("--max-body-mb", type=float, default=4.0, help="largest request body accepted (default 4 MB)")
+    p.set_defaults(func=cmd_serve)
+    add_onnx_parsers(sub)
+    add_search_parsers(sub)
     return parser
 
 

@@ -111,23 +111,67 @@ class Layer(nn.Module):
         d = h // self.heads
         q, kk, v = (lin(x).view(b, k, self.heads, d).transpose(1, 2) for lin in (self.query, self.key, self.value))
         scores = q @ kk.transpose(-1, -2) / math.sqrt(d)
-        scores = scores.masked_fill(~valid[:, None, None, :], torch.finfo(scores.dtype).min)
+        scores = mask_scores(scores, valid)
         probs = scores.softmax(-1)
         context = (self.attn_dropout(probs) @ v).transpose(1, 2).reshape(b, k, h)
         slots = None
         if keep is not None:
             # attention received by each token: summed over heads and (real) query positions
-            significance = (probs * valid[:, None, :, None]).sum(dim=(1, 2)).float()
+            significance = attention_received(probs, valid).float()
             significance = significance.masked_fill(~valid, -1.0)
             significance[:, 0] = float("inf")  # slot 0 is always [CLS]
-            # a stable sort breaks ties by position, as ONNX TopK does: the same tokens on every backend
-            slots = significance.sort(dim=1, descending=True, stable=True).indices[:, : int(keep.max())]
+            # k as a tensor slice bound: the ONNX exporter traces it as a runtime value, not a constant
+            slots = descending_order(significance)[:, : keep.max()]
             valid = torch.arange(slots.shape[1], device=x.device)[None, :] < keep[:, None]
-            x = x.gather(1, slots[..., None].expand(-1, -1, h))
-            context = context.gather(1, slots[..., None].expand(-1, -1, h))
+            x, context = gather_rows(x, slots), gather_rows(context, slots)
         x = self.attn_norm(x + self.dropout(self.attn_out(context)))
         x = self.ffn_norm(x + self.dropout(self.ffn_out(F.gelu(self.ffn_in(x)))))
         return x, valid, slots
+
+
+def mask_scores(scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Attention scores with padded keys at the lowest float. The exported graph adds the mask instead of
+    selecting (ONNX Runtime's broadcasting Where is slow); the softmax is the same (exp underflows to 0)."""
+    low = torch.finfo(scores.dtype).min
+    if torch.onnx.is_in_onnx_export():
+        return scores + (~valid[:, None, None, :]).to(scores.dtype) * low
+    return scores.masked_fill(~valid[:, None, None, :], low)
+
+
+def attention_received(probs: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(B, K): attention each key got, summed over heads and real queries. Exported as a MatMul with the query
+    mask (ONNX Runtime's broadcast Mul + ReduceSum over (B, heads, K, K) is slow); equal up to rounding."""
+    if torch.onnx.is_in_onnx_export():
+        return (valid.to(probs.dtype)[:, None, None, :] @ probs).sum(dim=(1, 2))
+    return (probs * valid[:, None, :, None]).sum(dim=(1, 2))
+
+
+def gather_rows(x: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """x (B, N, H) at slots (B, k) -> (B, k, H), as whole-row copies (one Gather in ONNX, not GatherElements)."""
+    b, n, h = x.shape
+    rows = torch.arange(b, device=x.device)[:, None] * n + slots
+    return x.reshape(b * n, h)[rows]
+
+
+def restore_rows(full: torch.Tensor, index: torch.Tensor, valid: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """full (B, N, H) with row index[b, j] set to x[b, j] where valid[b, j]. Invalid slots write to a scratch row
+    that is dropped, so the graph needs no per-element select (one ScatterND of whole rows in ONNX)."""
+    b, n, h = full.shape
+    rows = torch.arange(b, device=full.device)[:, None] * n + index
+    rows = torch.where(valid, rows, torch.full_like(rows, b * n))
+    flat = torch.cat([full.reshape(b * n, h), full.new_zeros(1, h)])
+    return flat.index_put((rows.reshape(-1),), x.reshape(-1, h))[: b * n].view(b, n, h)
+
+
+def descending_order(scores: torch.Tensor) -> torch.Tensor:
+    """Positions (B, K) by descending score, ties broken by position: the same tokens on every backend.
+
+    Eager PyTorch uses a stable sort. ONNX has no stable sort (the exporter rejects it), but ONNX TopK breaks
+    ties by the lower index, which is the same order, so the exported graph uses a full-length TopK.
+    """
+    if torch.onnx.is_in_onnx_export():
+        return torch.topk(scores, scores.shape[1], dim=1).indices
+    return scores.sort(dim=1, descending=True, stable=True).indices
 
 
 class QualaForQuestionAnswering(nn.Module):
@@ -178,8 +222,7 @@ class QualaForQuestionAnswering(nn.Module):
             if slots is not None:
                 index = slots if index is None else index.gather(1, slots)
             if index is not None:  # restore: write the kept tokens' new states back into the full sequence
-                idx = index[..., None].expand(-1, -1, x.shape[-1])
-                full = full.scatter(1, idx, torch.where(valid[..., None], x, full.gather(1, idx)))
+                full = restore_rows(full, index, valid, x)
             else:
                 full = x
             kept.append(valid.sum(1))

@@ -1,0 +1,279 @@
+"""Latency of every inference path on the same real SQuAD dev features, in one run.
+
+    python benchmarks/latency.py [--model DIR] [--features 64] [--repeats 3] [--length-configs "1,.8,.6,.5,.4,.3;..."]
+                                 [--eval-limit 200] [--json latency.json]
+
+Features keep their real lengths (dynamic padding, length-grouped batches of 32), never padded to 384. Rows are
+timed in turn within each repeat, so background load hits them alike; the table shows the median over repeats,
+in ms per feature, at batch 1 and batch 32, and each row's speed-up over BERT-base fp32 at the same batch size.
+The BERT-base row is a *randomly initialised* BertForQuestionAnswering(BertConfig()) (12 layers, 768 hidden):
+same shape and speed as a trained one, no F1. Length configurations come from --length-configs (';' between
+configurations) or DIR/length_configs.json. GMAC/s of the INT8 rows is compared with a large int8 GEMM
+(ONNX Runtime MatMulInteger, uint8 x int8) measured in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from quala.config import LengthConfig, QualaError, default_model_dir, squad_path
+from quala.data import collate, length_grouped_batches, load_squad, make_features
+from quala.evaluate import TorchPredictor, evaluate
+from quala.files import read_json, write_json_atomic
+from quala.flops import mean_gmacs
+from quala.modeling import ModelConfig, QualaForQuestionAnswering, load_tokenizer
+from quala.runtime import OnnxPredictor
+
+
+class HFTorch:
+    """A transformers question-answering model as a Predictor (no token dropping)."""
+
+    def __init__(self, model):
+        self.model = model.eval()
+
+    @torch.inference_mode()
+    def __call__(self, batch, length_config):
+        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                         token_type_ids=batch["token_type_ids"])
+        return out.start_logits.numpy(), out.end_logits.numpy(), np.zeros((len(batch["input_ids"]), 1))
+
+
+class HFOnnx:
+    """A plain Hugging Face-style ONNX export (three inputs, two outputs) in ONNX Runtime."""
+
+    def __init__(self, path: Path, threads: int):
+        import onnxruntime as ort
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, batch, length_config):
+        feed = {k: batch[k].numpy() for k in ("input_ids", "attention_mask", "token_type_ids")}
+        start, end = self.session.run(None, feed)
+        return start, end, np.zeros((len(start), 1))
+
+
+def hf_dynamic_int8(model_dir: Path, out_dir: Path, threads: int) -> HFOnnx:
+    """What a user would do: export BertForQuestionAnswering to ONNX, then quantize_dynamic with defaults."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from transformers import BertForQuestionAnswering
+
+    class Wrap(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            out = self.m(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+            return out.start_logits, out.end_logits
+
+    model = BertForQuestionAnswering.from_pretrained(str(model_dir), attn_implementation="eager").eval()
+    ids = torch.ones(1, 16, dtype=torch.long)
+    axes = {n: {0: "batch", 1: "sequence"} for n in ("input_ids", "attention_mask", "token_type_ids",
+                                                       "start_logits", "end_logits")}
+    fp32, int8 = out_dir / "hf.onnx", out_dir / "hf.int8.onnx"
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Wrap(model), (ids, ids, torch.zeros_like(ids)), str(fp32), dynamo=False, opset_version=17,
+                          input_names=["input_ids", "attention_mask", "token_type_ids"],
+                          output_names=["start_logits", "end_logits"], dynamic_axes=axes)
+    quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8)
+    return HFOnnx(int8, threads)
+
+
+def quala_int8(model_dir: Path, config: ModelConfig, out_dir: Path, threads: int) -> OnnxPredictor:
+    """DIR/model.int8.onnx when shipped, else export + quantize (the default mode) into a scratch folder."""
+    shipped = model_dir / "model.int8.onnx"
+    if shipped.is_file():
+        return OnnxPredictor(shipped, config, threads)
+    from quala.export import export_onnx
+    from quala.quantize import quantize_model
+    export_onnx(QualaForQuestionAnswering.from_pretrained(model_dir), out_dir / "model.onnx")
+    (out_dir / "config.json").write_text((model_dir / "config.json").read_text())
+    return OnnxPredictor(quantize_model(out_dir), config, threads)
+
+
+def parse_configs(text: str | None, model_dir: Path) -> list[tuple[str, LengthConfig]]:
+    """--length-configs 'a,b,c;d,e,f', else DIR/length_configs.json (lenient about its shape), else none."""
+    if text:
+        parsed = [(part.strip(), LengthConfig.parse(part)) for part in text.split(";")]
+        return [(name, lc) for name, lc in parsed if lc is not None]  # full length is a row already
+    path = model_dir / "length_configs.json"
+    if not path.is_file():
+        return []
+    data = read_json(path)
+    entries = data.get("configs", []) if isinstance(data, dict) else data
+    configs = []
+    for i, entry in enumerate(entries if isinstance(entries, list) else []):
+        lc = entry.get("length_config", entry.get("values")) if isinstance(entry, dict) else entry
+        if isinstance(lc, dict):
+            lc = lc if "values" in lc else None
+        try:
+            lc = LengthConfig.from_json(lc) if isinstance(lc, dict) else LengthConfig.parse(
+                lc if isinstance(lc, str) or lc is None else ",".join(map(str, lc)))
+        except TypeError as e:
+            raise QualaError(f"{path}: configs[{i}]: cannot read a length config ({e})") from None
+        if lc is not None:  # full length is a row already
+            name = entry.get("name", str(lc)) if isinstance(entry, dict) else str(lc)
+            configs.append((str(name), lc))
+    return configs
+
+
+def int8_gemm_peak(threads: int, n: int = 2048, repeats: int = 5) -> float:
+    """GMAC/s of an n x n x n uint8 x int8 MatMulInteger in ONNX Runtime (best of repeats)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "b"], ["y"])], "gemm",
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, [n, n]),
+         helper.make_tensor_value_info("b", TensorProto.INT8, [n, n])],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [n, n])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feed = {"a": rng.integers(0, 255, (n, n), dtype=np.uint8), "b": rng.integers(-127, 127, (n, n), dtype=np.int8)}
+    session.run(None, feed)
+    best = min(timed(lambda: session.run(None, feed)) for _ in range(repeats))
+    return n ** 3 / best / 1e9
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def build_rows(args, model_dir: Path, config: ModelConfig, scratch: Path) -> list[dict]:
+    from transformers import BertConfig, BertForQuestionAnswering
+    torch.manual_seed(0)
+    model = QualaForQuestionAnswering.from_pretrained(model_dir)
+    bert_base = BertForQuestionAnswering(BertConfig())
+    int8 = quala_int8(model_dir, config, scratch, args.threads)
+    rows = [dict(name="BERT-base fp32 PyTorch (random init)", predictor=HFTorch(bert_base), lc=None, f1=False,
+                 config=ModelConfig(hidden_size=768, num_hidden_layers=12, intermediate_size=3072)),
+            dict(name="MiniLM full, transformers forward fp32", predictor=HFTorch(
+                BertForQuestionAnswering.from_pretrained(str(model_dir))), lc=None),
+            dict(name="MiniLM full, ORT quantize_dynamic (plain HF export)",
+                 predictor=hf_dynamic_int8(model_dir, scratch, args.threads), lc=None),
+            dict(name="quala fp32 PyTorch", predictor=TorchPredictor(model), lc=None),
+            dict(name="quala bf16 PyTorch autocast", predictor=TorchPredictor(model, torch.bfloat16), lc=None),
+            dict(name="quala INT8 ORT", predictor=int8, lc=None, int8=True)]
+    for name, lc in parse_configs(args.length_configs, model_dir):
+        lc.check(config.num_hidden_layers, config.max_seq_length)
+        rows.append(dict(name=f"quala INT8 ORT, {name}", predictor=int8, lc=lc, int8=True))
+    for row in rows:
+        row.setdefault("config", config)
+    return rows
+
+
+def time_rows(rows: list[dict], features: list, batch_size: int, repeats: int) -> None:
+    """Median ms per feature of each row at this batch size; rows alternate within each repeat."""
+    batches = [collate([features[i] for i in idx]) for idx in
+               length_grouped_batches([len(f) for f in features], batch_size)]
+    times: dict[int, list[float]] = {i: [] for i in range(len(rows))}
+    for row in rows:  # warm-up: first-call allocations and graph preparation
+        row["predictor"](batches[0], row["lc"])
+    for _ in tqdm(range(repeats), desc=f"batch {batch_size}", leave=False):
+        for i, row in enumerate(rows):
+            total = sum(timed(lambda b=b: row["predictor"](b, row["lc"])) for b in batches)
+            times[i].append(1000 * total / len(features))
+    for i, row in enumerate(rows):
+        row[f"b{batch_size}_ms"] = statistics.median(times[i])
+
+
+def report(rows: list[dict], peak: float, lengths: list[int]) -> list[dict]:
+    base = rows[0]
+    out = []
+    for row in rows:
+        gmacs = mean_gmacs(row["config"], row["lc"], lengths)
+        r = {"name": row["name"], "length_config": str(row["lc"] or "full"), "gmac_per_feature": round(gmacs, 3)}
+        for b in (1, 32):
+            r[f"b{b}_ms"] = round(row[f"b{b}_ms"], 2)
+            r[f"b{b}_speedup"] = round(base[f"b{b}_ms"] / row[f"b{b}_ms"], 2)
+        if row.get("int8"):
+            r["b32_gmac_per_s"] = round(gmacs / row["b32_ms"] * 1000, 1)
+            r["b32_pct_of_int8_peak"] = round(100 * r["b32_gmac_per_s"] / peak, 1)
+        if "f1" in row and row["f1"] is not False:
+            r["em"], r["f1"] = row["em"], row["f1"]
+        out.append(r)
+    return out
+
+
+def markdown(results: list[dict], peak: float) -> str:
+    lines = ["| path | length config | GMAC/feature | b1 ms | b1 speed-up | b32 ms/feature | b32 speed-up "
+             "| b32 GMAC/s (% of int8 peak) | F1 |", "|" + " --- |" * 9]
+    for r in results:
+        eff = f"{r['b32_gmac_per_s']} ({r['b32_pct_of_int8_peak']}%)" if "b32_gmac_per_s" in r else ""
+        lines.append(f"| {r['name']} | {r['length_config']} | {r['gmac_per_feature']} | {r['b1_ms']} "
+                     f"| {r['b1_speedup']}x | {r['b32_ms']} | {r['b32_speedup']}x | {eff} | {r.get('f1', '')} |")
+    lines.append(f"\nint8 GEMM peak (ONNX Runtime MatMulInteger 2048^3): {peak:.0f} GMAC/s")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, default=None, help="quala model directory (default: the released model)")
+    p.add_argument("--features", type=int, default=64, help="dev features timed (default 64)")
+    p.add_argument("--repeats", type=int, default=3, help="timed passes per row and batch size (default 3)")
+    p.add_argument("--length-configs", default=None,
+                   help="INT8 rows at these configurations, ';' between them (default: DIR/length_configs.json)")
+    p.add_argument("--eval-limit", type=int, default=None,
+                   help="also score EM/F1 of every row (but BERT-base) on the first N dev questions")
+    p.add_argument("--threads", type=int, default=2, help="intra-op threads of PyTorch and ONNX Runtime")
+    p.add_argument("--json", type=Path, default=Path("latency.json"), help="results file (default latency.json)")
+    args = p.parse_args()
+    try:
+        run(args)
+    except QualaError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def run(args) -> None:
+    torch.set_num_threads(args.threads)
+    model_dir = args.model or default_model_dir()
+    config = ModelConfig.from_dict(read_json(model_dir / "config.json"))
+    tokenizer = load_tokenizer(model_dir)
+    examples = load_squad(squad_path("dev"), limit=max(args.features, args.eval_limit or 0))
+    features = make_features(examples, tokenizer, config.max_seq_length, config.doc_stride,
+                             config.max_query_length)[: args.features]
+    lengths = [len(f) for f in features]
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as scratch:
+        rows = build_rows(args, model_dir, config, Path(scratch))
+        peak = int8_gemm_peak(args.threads)
+        for b in (1, 32):
+            time_rows(rows, features, b, args.repeats)
+        if args.eval_limit:
+            for row in tqdm(rows[1:], desc="F1", leave=False):
+                r = evaluate(row["predictor"], tokenizer, examples[: args.eval_limit], row["lc"], 32,
+                             config.max_seq_length, config.doc_stride, config.max_query_length, progress=False)
+                row["em"], row["f1"] = round(r.exact_match, 2), round(r.f1, 2)
+        results = report(rows, peak, lengths)
+    print(markdown(results, peak))
+    load = (load_before, os.getloadavg()[0])
+    print(f"\n{len(features)} dev features, {np.mean(lengths):.1f} tokens on average; {args.threads} threads; "
+          f"median of {args.repeats}; load average {load[0]:.1f} -> {load[1]:.1f} on {os.cpu_count()} CPUs")
+    if max(load) > (os.cpu_count() or 1) / 2:
+        print("warning: the machine was busy; timings are inflated and noisy", file=sys.stderr)
+    write_json_atomic(args.json, {"model": str(model_dir), "features": len(features),
+                                  "mean_tokens": float(np.mean(lengths)), "threads": args.threads,
+                                  "repeats": args.repeats, "int8_gemm_peak_gmac_per_s": round(peak, 1),
+                                  "load_average": load, "rows": results})
+    print(f"results written to {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""ONNX export: one graph for every length configuration.
+
+The graph takes the tokens each layer keeps as a runtime input, `token_counts` (batch, layers), the output of
+`LengthConfig.token_counts(seq_lens)`; full length is `token_counts = seq_lens` at every layer. The TopK and the
+slice after it are sized by that input, so switching configuration never needs a new graph.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from quala.config import LengthConfig, QualaError
+from quala.files import atomic_write
+from quala.modeling import QualaForQuestionAnswering
+
+INPUTS = ("input_ids", "attention_mask", "token_type_ids", "token_counts")
+OUTPUTS = ("start_logits", "end_logits", "kept")
+OPSET = 17
+
+
+class _Graph(nn.Module):
+    """The model with explicit token counts and plain tuple outputs: what the exporter traces."""
+
+    def __init__(self, model: QualaForQuestionAnswering):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, token_type_ids, token_counts):
+        out = self.model(input_ids, attention_mask, token_type_ids, token_counts=token_counts)
+        return out.start_logits, out.end_logits, out.kept
+
+
+def full_counts(attention_mask: torch.Tensor, num_layers: int) -> torch.Tensor:
+    """token_counts for full length: every layer keeps every real token."""
+    return attention_mask.long().sum(1)[:, None].expand(-1, num_layers).contiguous()
+
+
+def token_counts(attention_mask: torch.Tensor, num_layers: int, length_config: LengthConfig | None) -> torch.Tensor:
+    if length_config is None:
+        return full_counts(attention_mask, num_layers)
+    return length_config.token_counts(attention_mask.long().sum(1))
+
+
+def example_inputs(model: QualaForQuestionAnswering, batch: int = 2, length: int = 24) -> tuple[torch.Tensor, ...]:
+    """A small padded batch with dropping at every layer, so the traced graph holds the dropping path."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, min(model.config.vocab_size, 20000), (batch, length), generator=g)
+    ids[:, 0] = 101
+    mask = torch.ones_like(ids)
+    mask[1:, length - 5:] = 0
+    ids[mask == 0] = model.config.pad_token_id
+    types = torch.zeros_like(ids)
+    types[:, length // 3:] = 1
+    layers = model.config.num_hidden_layers
+    counts = LengthConfig(tuple(1.0 - 0.5 * i / layers for i in range(layers))).token_counts(mask.sum(1))
+    return ids, mask, types, counts
+
+
+def export_onnx(model: QualaForQuestionAnswering, output: str | os.PathLike) -> Path:
+    """Write the model as ONNX (legacy TorchScript exporter, opset 17) with dynamic batch and sequence axes."""
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    graph = _Graph(model).eval()
+    dynamic = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
+               "token_type_ids": {0: "batch", 1: "sequence"}, "token_counts": {0: "batch"},
+               "start_logits": {0: "batch", 1: "sequence"}, "end_logits": {0: "batch", 1: "sequence"},
+               "kept": {0: "batch"}}
+
+    def write(tmp: str) -> None:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # tracer warnings about shapes used as values: expected here
+            torch.onnx.export(graph, example_inputs(model), tmp, dynamo=False, opset_version=OPSET,
+                              input_names=list(INPUTS), output_names=list(OUTPUTS), dynamic_axes=dynamic,
+                              do_constant_folding=True)
+
+    try:
+        atomic_write(output, write)
+    finally:
+        model.eval()  # the exporter can leave modules in training mode (dropout on)
+    return output
+
+
+def export_dir(model_dir: str | os.PathLike, output: str | os.PathLike | None = None) -> Path:
+    """Export a model directory's PyTorch weights to DIR/model.onnx (or `output`)."""
+    model_dir = Path(model_dir)
+    model = QualaForQuestionAnswering.from_pretrained(model_dir)
+    target = Path(output) if output else model_dir / "model.onnx"
+    if target.suffix != ".onnx":
+        raise QualaError(f"--output {target}: give a file name ending in .onnx")
+    return export_onnx(model, target)

@@ -1,0 +1,110 @@
+"""Inference engines behind one Predictor protocol: PyTorch (fp32/bf16) or one ONNX Runtime session.
+
+The ONNX graph takes the tokens each layer keeps as an input (see quala.export), so a single session serves every
+length configuration: switching configuration per call costs nothing.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from quala.config import LengthConfig, QualaError
+from quala.export import INPUTS, token_counts
+from quala.files import read_json
+from quala.modeling import ModelConfig, load_tokenizer
+
+RUNTIMES = ("auto", "torch", "onnx", "onnx-int8")
+ONNX_FILES = {"onnx-int8": "model.int8.onnx", "onnx": "model.onnx"}
+
+
+def physical_cores() -> int:
+    """Distinct (package, core) pairs this process may run on; hyper-threads do not speed up GEMMs."""
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 2)
+    cores = set()
+    for cpu in cpus:
+        topo = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            cores.add(((topo / "physical_package_id").read_text().strip(), (topo / "core_id").read_text().strip()))
+        except OSError:
+            cores.add(("?", str(cpu)))
+    return max(1, len(cores))
+
+
+class OnnxPredictor:
+    """One onnxruntime.InferenceSession, created once; the length configuration is a per-call input."""
+
+    def __init__(self, path: str | os.PathLike, config: ModelConfig, threads: int | None = None):
+        import onnxruntime as ort
+        self.path = Path(path)
+        self.config = config
+        if not self.path.is_file():
+            raise QualaError(f"{self.path}: no such file")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or physical_cores()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own pybind error types for damaged files
+            raise QualaError(f"{self.path}: cannot load the ONNX model ({type(e).__name__}: {e})") from None
+        self.check_signature()
+
+    def check_signature(self) -> None:
+        inputs = {i.name: i.shape for i in self.session.get_inputs()}
+        if sorted(inputs) != sorted(INPUTS):
+            raise QualaError(f"{self.path}: inputs {sorted(inputs)} are not quala's {list(INPUTS)} "
+                             f"(export it with `quala export`)")
+        layers = inputs["token_counts"][1]
+        if isinstance(layers, int) and layers != self.config.num_hidden_layers:
+            raise QualaError(f"{self.path}: the graph has {layers} layers; config.json says "
+                             f"num_hidden_layers={self.config.num_hidden_layers}")
+
+    def __call__(self, batch: dict[str, torch.Tensor], length_config: LengthConfig | None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        layers = self.config.num_hidden_layers
+        if length_config is not None:
+            length_config.check(layers, self.config.max_seq_length)
+        mask = batch["attention_mask"]
+        feed = {"input_ids": batch["input_ids"].numpy(), "attention_mask": mask.numpy(),
+                "token_type_ids": batch["token_type_ids"].numpy(),
+                "token_counts": token_counts(mask, layers, length_config).numpy()}
+        start, end, kept = self.session.run(None, {k: np.ascontiguousarray(v, dtype=np.int64)
+                                                   for k, v in feed.items()})
+        return start, end, kept
+
+
+def choose_runtime(model_dir: Path, runtime: str, dtype: torch.dtype) -> str:
+    """'auto' -> onnx-int8 if DIR/model.int8.onnx exists, else onnx, else torch (always torch for bf16)."""
+    if runtime not in RUNTIMES:
+        raise QualaError(f"runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
+    if runtime != "auto":
+        if runtime != "torch" and dtype != torch.float32:
+            raise QualaError(f"--dtype bf16 runs on the torch runtime only, not {runtime}")
+        return runtime
+    if dtype == torch.float32:
+        for name, file in ONNX_FILES.items():
+            if (model_dir / file).is_file():
+                return name
+    if (model_dir / "model.safetensors").is_file():
+        return "torch"
+    raise QualaError(f"{model_dir}: no model weights (model.int8.onnx, model.onnx or model.safetensors)"
+                     + ("; bf16 needs model.safetensors" if dtype != torch.float32 else ""))
+
+
+def load_predictor(model_dir: str | os.PathLike, runtime: str = "auto", dtype: torch.dtype = torch.float32,
+                   threads: int | None = None) -> tuple[object, object, ModelConfig]:
+    """A model directory -> (predictor, tokenizer, ModelConfig). Directories may hold only ONNX files."""
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise QualaError(f"{model_dir}: not a model directory (no config.json)")
+    name = choose_runtime(model_dir, runtime, dtype)
+    if name == "torch":
+        from quala.evaluate import TorchPredictor
+        from quala.modeling import QualaForQuestionAnswering
+        model = QualaForQuestionAnswering.from_pretrained(model_dir)
+        return TorchPredictor(model, dtype), load_tokenizer(model_dir), model.config
+    config = ModelConfig.from_dict(read_json(model_dir / "config.json"))
+    predictor = OnnxPredictor(model_dir / ONNX_FILES[name], config, threads)
+    return predictor, load_tokenizer(model_dir), config

@@ -1,0 +1,70 @@
+"""ONNX export: one graph, the length configuration as a runtime input, parity with eager PyTorch."""
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from quala.cli import main
+from quala.config import LengthConfig
+from quala.export import INPUTS, OUTPUTS, export_onnx, token_counts
+from quala.modeling import QualaForQuestionAnswering
+from tests.conftest import tiny_config
+from tests.test_modeling import batch
+
+CONFIGS = [None, LengthConfig((0.8, 0.5, 0.25)), LengthConfig((1.0, 0.3, 0.1)), LengthConfig((0.5, 0.5, 0.5)),
+           LengthConfig((30, 20, 5), "tokens"), LengthConfig((100, 100, 1), "tokens")]
+
+
+@pytest.fixture(scope="module")
+def peaky_model():
+    """Random weights with sharp attention: significance scores far apart, so float noise cannot reorder them."""
+    torch.manual_seed(0)
+    model = QualaForQuestionAnswering(tiny_config()).eval()
+    for layer in model.layers:
+        torch.nn.init.normal_(layer.query.weight, std=0.3)
+        torch.nn.init.normal_(layer.key.weight, std=0.3)
+    return model
+
+
+@pytest.fixture(scope="module")
+def session(peaky_model, tmp_path_factory):
+    path = export_onnx(peaky_model, tmp_path_factory.mktemp("onnx") / "model.onnx")
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def run(session, ids, mask, types, lc):
+    feed = {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "token_type_ids": types.numpy(),
+            "token_counts": token_counts(mask, 3, lc).numpy()}
+    return session.run(None, feed)
+
+
+@pytest.mark.parametrize("lc", CONFIGS, ids=str)
+@pytest.mark.parametrize("length", [40, 77])
+def test_onnx_runtime_matches_pytorch(session, peaky_model, lc, length):
+    ids, mask, types = batch(4, length, seed=length)  # rows 1-3 are padded
+    with torch.no_grad():
+        ref = peaky_model(ids, mask, types, lc)
+    start, end, kept = run(session, ids, mask, types, lc)
+    real = mask.bool().numpy()
+    assert np.abs(start - ref.start_logits.numpy())[real].max() < 1e-4
+    assert np.abs(end - ref.end_logits.numpy())[real].max() < 1e-4
+    assert np.array_equal(kept, ref.kept.numpy())
+
+
+def test_one_graph_with_runtime_sizes(session):
+    assert [i.name for i in session.get_inputs()] == list(INPUTS)
+    assert [o.name for o in session.get_outputs()] == list(OUTPUTS)
+    ids, mask, types = batch(2, 50)
+    _, _, full = run(session, ids, mask, types, None)
+    _, _, small = run(session, ids, mask, types, LengthConfig((0.6, 0.4, 0.2)))
+    assert full[0].tolist() == [50, 50, 50] and small[0].tolist() == [30, 20, 10]
+
+
+def test_export_command_leaves_the_model_in_eval_mode(tiny_model_dir, tmp_path, peaky_model):
+    out = tmp_path / "m.onnx"
+    assert main(["export", "--model", str(tiny_model_dir), "--output", str(out)]) == 0
+    graph = onnx.load(str(out)).graph
+    assert {n.op_type for n in graph.node} >= {"TopK", "Gather", "ScatterND"}
+    export_onnx(peaky_model, tmp_path / "again.onnx")
+    assert not peaky_model.training and not any(m.training for m in peaky_model.modules())

@@ -1,0 +1,116 @@
+"""ONNX Runtime engine: quantized models load and answer, configurations switch per call, clear file errors."""
+import re
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from quala.cli import main
+from quala.config import LengthConfig, QualaError
+from quala.data import collate, make_features
+from quala.export import export_dir
+from quala.quantize import quantize_model
+from quala.runtime import OnnxPredictor, load_predictor, physical_cores
+
+
+@pytest.fixture(scope="module")
+def onnx_dir(tiny_model_dir, tmp_path_factory):
+    d = tmp_path_factory.mktemp("onnx_model")
+    shutil.copytree(tiny_model_dir, d, dirs_exist_ok=True)
+    export_dir(d)
+    quantize_model(d, "dynamic")
+    return d
+
+
+@pytest.fixture(scope="module")
+def features(dev_examples, tokenizer):
+    return make_features(dev_examples[:6], tokenizer, 128, 48)
+
+
+def test_auto_prefers_int8_and_switches_configuration_per_call(onnx_dir, features):
+    predictor, _, config = load_predictor(onnx_dir)
+    assert isinstance(predictor, OnnxPredictor) and predictor.path.name == "model.int8.onnx"
+    b = collate(features[:4])
+    _, _, full = predictor(b, None)
+    _, _, small = predictor(b, LengthConfig((0.7, 0.4, 0.2)))
+    lens = b["attention_mask"].sum(1)
+    assert full.tolist() == lens[:, None].expand(-1, 3).tolist()
+    assert small.tolist() == LengthConfig((0.7, 0.4, 0.2)).token_counts(lens).tolist()
+    with pytest.raises(QualaError, match="has 2 values; the model has 3 layers"):
+        predictor(b, LengthConfig((1.0, 0.5)))
+
+
+def test_int8_logits_follow_fp32(onnx_dir, features):
+    b = collate(features[:4])
+    real = b["attention_mask"].bool().numpy()
+    torch_s, _, _ = load_predictor(onnx_dir, "torch")[0](b, None)
+    fp32_s, _, _ = load_predictor(onnx_dir, "onnx")[0](b, None)
+    int8_s, _, _ = load_predictor(onnx_dir, "onnx-int8")[0](b, None)
+    assert np.abs(fp32_s - torch_s)[real].max() < 1e-4
+    assert np.corrcoef(int8_s[real], fp32_s[real])[0, 1] > 0.95
+
+
+def test_onnx_only_directory_answers(onnx_dir, tmp_path, capsys, data_dir):
+    for name in ("config.json", "model.int8.onnx", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(onnx_dir / name, tmp_path / name)
+    assert main(["answer", "--model", str(tmp_path), "-q", "Where does it flow?", "-c",
+                 "The Amazon river flows through Brazil and Peru.", "--length-config", "0.8,0.5,0.3"]) == 0
+    assert re.search(r"A: .*\(score [\d.]+", capsys.readouterr().out)
+    assert main(["eval", "--model", str(tmp_path), "--data", str(data_dir / "dev.json"), "--limit", "4"]) == 0
+    assert "F1" in capsys.readouterr().out
+    assert main(["answer", "--model", str(tmp_path), "--runtime", "torch", "-q", "Why?", "-c", "x"]) == 2
+    assert "no model.safetensors" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("runtime, file", [("onnx-int8", "model.int8.onnx"), ("onnx", "model.onnx")])
+def test_corrupted_or_missing_files_name_the_file(onnx_dir, tmp_path, capsys, runtime, file):
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(onnx_dir / name, tmp_path / name)
+    with pytest.raises(QualaError, match=f"{file}: no such file"):
+        load_predictor(tmp_path, runtime)
+    (tmp_path / file).write_bytes(b"\x08garbage")
+    assert main(["answer", "--model", str(tmp_path), "--runtime", runtime, "-q", "Why?", "-c", "x"]) == 2
+    err = capsys.readouterr().err
+    assert f"{file}: cannot load the ONNX model" in err and "Traceback" not in err
+    (tmp_path / file).unlink()
+    with pytest.raises(QualaError, match="no model weights"):
+        load_predictor(tmp_path)
+
+
+def test_bf16_needs_the_torch_runtime(onnx_dir):
+    with pytest.raises(QualaError, match="bf16 runs on the torch runtime only"):
+        load_predictor(onnx_dir, "onnx", torch.bfloat16)
+    predictor, _, _ = load_predictor(onnx_dir, "auto", torch.bfloat16)
+    assert predictor.dtype == torch.bfloat16
+
+
+def test_static_quantization_with_float_layers(onnx_dir, data_dir, tmp_path, features):
+    out = tmp_path / "static.onnx"
+    assert main(["quantize", "--model", str(onnx_dir), "--mode", "static", "--output", str(out),
+                 "--keep-float", r"layers\.2/ffn_out", "--calibration-features", "16",
+                 "--train-file", str(data_dir / "train.json")]) == 0
+    graph = onnx.load(str(out)).graph
+    made_by = {o: n.op_type for n in graph.node for o in n.output}
+    inputs = {n.name: n.input for n in graph.node}
+    assert all(made_by.get(i) != "DequantizeLinear" for i in inputs["/model/layers.2/ffn_out/MatMul"])  # float
+    assert any(made_by.get(i) == "DequantizeLinear" for i in inputs["/model/layers.1/ffn_out/MatMul"])
+    config = load_predictor(onnx_dir, "onnx")[2]
+    b = collate(features[:3])
+    lc = LengthConfig((0.8, 0.5, 0.3))
+    fp32_s, _, _ = OnnxPredictor(onnx_dir / "model.onnx", config)(b, lc)
+    int8_s, _, kept = OnnxPredictor(out, config)(b, lc)
+    assert kept.tolist() == lc.token_counts(b["attention_mask"].sum(1)).tolist()
+    assert np.isfinite(int8_s).all() and int8_s.shape == fp32_s.shape
+
+
+def test_keep_float_pattern_must_match(onnx_dir, tmp_path):
+    with pytest.raises(QualaError, match="matches no node name"):
+        quantize_model(onnx_dir, "dynamic", tmp_path / "x.onnx", keep_float="no_such_layer")
+    with pytest.raises(QualaError, match="not a regular expression"):
+        quantize_model(onnx_dir, "dynamic", tmp_path / "x.onnx", keep_float="(")
+
+
+def test_physical_cores():
+    assert 1 <= physical_cores() <= (__import__("os").cpu_count() or 1)
