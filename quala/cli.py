@@ -186,6 +186,16 @@ def cmd_search(args) -> None:
 def cmd_report(args) -> None:
     from quala.budget import front_path, read_front
     from quala.report import PLOT_FILE, markdown_table, plot_front
+    if args.tradeoff:
+        from quala.report import plot_tradeoff, read_tradeoff, tradeoff_markdown
+        if args.model:
+            raise QualaError("give --model or --tradeoff, not both")
+        obj = read_tradeoff(args.tradeoff)
+        plot = args.plot or args.tradeoff.with_suffix(".png")
+        plot_tradeoff(obj, plot)
+        print(tradeoff_markdown(obj))
+        print(f"\nplot      {plot}")
+        return
     model_dir = args.model or default_model_dir()
     front = read_front(model_dir)
     plot = args.plot or Path(model_dir) / PLOT_FILE
@@ -229,6 +239,8 @@ def add_search_parsers(sub) -> None:
                                    "MODEL/length_configs.png.")
     p.add_argument("--model", type=Path, default=None, help="model directory (default: the released model)")
     p.add_argument("--plot", type=Path, default=None, help="PNG to write (default: MODEL/length_configs.png)")
+    p.add_argument("--tradeoff", type=Path, default=None, metavar="FILE",
+                   help="instead, print and plot a benchmarks/tradeoff.py --json file (default plot: FILE.png)")
     p.set_defaults(func=cmd_report)
 
 

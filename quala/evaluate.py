@@ -22,14 +22,20 @@ class Predictor(Protocol):
 
 
 class TorchPredictor:
-    def __init__(self, model: torch.nn.Module, dtype: torch.dtype = torch.float32):
+    """An eager PyTorch model; ranking "position" keeps each layer's first k tokens instead of the most attended
+    (a baseline for benchmarks/tradeoff.py)."""
+
+    def __init__(self, model: torch.nn.Module, dtype: torch.dtype = torch.float32, ranking: str = "attention"):
         self.model = model.eval()
         self.dtype = dtype
+        self.ranking = ranking
 
     @torch.inference_mode()
     def __call__(self, batch, length_config):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16):
-            out = self.model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], length_config)
+            kwargs = {} if self.ranking == "attention" else {"ranking": self.ranking}
+            out = self.model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], length_config,
+                             **kwargs)
         return out.start_logits.float().numpy(), out.end_logits.float().numpy(), out.kept.numpy()
 
 

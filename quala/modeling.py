@@ -3,7 +3,8 @@
 Each layer attends over the tokens it receives, ranks them by the attention they received (summed over heads and
 query positions, padding excluded, [CLS] always first), and runs its feed-forward block only on the top-k of the
 length configuration. A dropped token keeps the last vector it had; before the span head every token is restored
-to its position, so every token gets start and end logits.
+to its position, so every token gets start and end logits. For comparison, `ranking="position"` (eager PyTorch
+only, never exported) keeps the first k tokens instead of the most attended ones.
 
 Weights are stored under Hugging Face `BertForQuestionAnswering` names, so a saved directory also loads in
 `transformers`, and any BERT checkpoint directory loads here.
@@ -66,6 +67,9 @@ class ModelConfig:
                 **d, "quala": quala}
 
 
+RANKINGS = ("attention", "position")
+
+
 class QAOutput(NamedTuple):
     start_logits: torch.Tensor  # (batch, seq)
     end_logits: torch.Tensor  # (batch, seq)
@@ -101,10 +105,12 @@ class Layer(nn.Module):
         self.attn_dropout = nn.Dropout(c.attention_probs_dropout_prob)
         self.dropout = nn.Dropout(c.hidden_dropout_prob)
 
-    def forward(self, x: torch.Tensor, valid: torch.Tensor, keep: torch.Tensor | None
+    def forward(self, x: torch.Tensor, valid: torch.Tensor, keep: torch.Tensor | None, ranking: str = "attention"
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """x (B, K, H) over K token slots, valid (B, K) marks real tokens, keep (B,) tokens to keep or None.
 
+        ranking "attention" keeps the most attended tokens; "position" keeps the first k slots (the lowest
+        positions while every layer ranks by position: slots then stay in position order).
         Returns the new states, their validity and, when tokens were dropped, the slots kept (B, k).
         """
         b, k, h = x.shape
@@ -116,9 +122,12 @@ class Layer(nn.Module):
         context = (self.attn_dropout(probs) @ v).transpose(1, 2).reshape(b, k, h)
         slots = None
         if keep is not None:
-            # attention received by each token: summed over heads and (real) query positions
-            significance = attention_received(probs, valid).float()
-            significance = significance.masked_fill(~valid, -1.0)
+            if ranking == "position":  # lower slot, higher rank
+                significance = -torch.arange(k, device=x.device, dtype=torch.float32).expand(b, k)
+                significance = significance.masked_fill(~valid, -float(k + 1))
+            else:  # attention received by each token: summed over heads and (real) query positions
+                significance = attention_received(probs, valid).float()
+                significance = significance.masked_fill(~valid, -1.0)
             significance[:, 0] = float("inf")  # slot 0 is always [CLS]
             # k as a tensor slice bound: the ONNX exporter traces it as a runtime value, not a constant
             slots = descending_order(significance)[:, : keep.max()]
@@ -197,11 +206,15 @@ class QualaForQuestionAnswering(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None,
                 length_config: LengthConfig | None = None, skip_layers: frozenset[int] = frozenset(),
-                token_counts: torch.Tensor | None = None) -> QAOutput:
+                token_counts: torch.Tensor | None = None, ranking: str = "attention") -> QAOutput:
         """length_config None runs at full length; token_counts (B, layers) overrides it with explicit counts.
 
         skip_layers are passed through unchanged (LayerDrop): no compute and no dropping there.
+        ranking: which tokens a layer keeps, "attention" (the most attended, the model's method) or "position"
+        (the first k, a baseline for comparison; eager PyTorch only).
         """
+        if ranking not in RANKINGS:
+            raise QualaError(f"ranking {ranking!r}: choose one of {', '.join(RANKINGS)}")
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         valid = attention_mask.bool()
@@ -218,7 +231,7 @@ class QualaForQuestionAnswering(nn.Module):
                 kept.append(current)
                 continue
             keep = None if token_counts is None else torch.minimum(token_counts[:, i], current)
-            x, valid, slots = layer(x, valid, keep)
+            x, valid, slots = layer(x, valid, keep, ranking)
             if slots is not None:
                 index = slots if index is None else index.gather(1, slots)
             if index is not None:  # restore: write the kept tokens' new states back into the full sequence

@@ -70,3 +70,88 @@ def plot_front(front: Front, path: str | os.PathLike) -> None:
     from quala.files import atomic_write
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
+
+
+# ---- the trade-off benchmark (benchmarks/tradeoff.py writes the JSON; `quala report --tradeoff FILE` redraws) ----
+METHODS = {"front": "searched front", "uniform": "uniform ratio r at every layer",
+           "window": "shorter windows (no dropping)", "position": "first k tokens (position pruning)",
+           "stage1": "stage-1 model at the front's configs"}
+STYLES = {"front": "o-", "uniform": "s--", "window": "^-.", "position": "v:", "stage1": "D--"}
+
+
+def read_tradeoff(path: str | os.PathLike) -> dict:
+    """A trade-off results file (benchmarks/tradeoff.py --json), checked enough to draw."""
+    from quala.config import QualaError
+    from quala.files import read_json
+    obj = read_json(path)
+    if not isinstance(obj, dict) or not isinstance(obj.get("rows"), list) or not obj["rows"]:
+        raise QualaError(f"{path}: not a trade-off file (expected an object with a non-empty 'rows' list)")
+    for i, row in enumerate(obj["rows"]):
+        missing = [k for k in ("method", "config", "gmacs", "f1", "em") if not isinstance(row, dict) or k not in row]
+        if missing:
+            raise QualaError(f"{path}: rows[{i}] lacks {', '.join(missing)}")
+    return obj
+
+
+def best_under(rows: list[dict], gmacs: float) -> dict[str, dict | None]:
+    """For each method, its row with the best F1 among those costing at most `gmacs` (ties: the cheaper);
+    None when none fits."""
+    best: dict[str, dict | None] = {}
+    for row in rows:
+        best.setdefault(row["method"], None)
+        if row["gmacs"] <= gmacs * (1 + 1e-9):
+            b = best[row["method"]]
+            if b is None or (row["f1"], -row["gmacs"]) > (b["f1"], -b["gmacs"]):
+                best[row["method"]] = row
+    return best
+
+
+def tradeoff_markdown(obj: dict) -> str:
+    """The table of every row and, for each budget of the front, the best F1 of each method at that cost."""
+    rows = ["| method | configuration | GMACs | speedup | latency (ms) | EM | F1 |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for r in obj["rows"]:
+        rows.append(f"| {r['method']} | {r['config']} | {r['gmacs']:.3f} | {fmt(r.get('speedup'), '.2f')}x | "
+                    f"{fmt(r.get('latency_ms'), '.2f')} | {r['em']:.2f} | {r['f1']:.2f} |")
+    for label, gmacs in (obj.get("budgets") or {}).items():
+        best = best_under(obj["rows"], gmacs)
+        parts = [f"{m} {b['f1']:.2f} ({b['config']})" if b else f"{m} -" for m, b in best.items()]
+        rows.append(f"\nbudget {label} ({gmacs:.3f} GMACs): best F1 at equal or lower cost: " + "; ".join(parts))
+    info = obj.get("info") or {}
+    if info:
+        rows.append(f"\n{info.get('questions', '?')} dev questions ({info.get('features', '?')} features), runtime "
+                    f"{info.get('runtime', '?')}; GMACs per dev feature of the model's own windows; latency per such "
+                    f"feature at batch 1, median over {info.get('repeats', '?')} repeats.")
+    rows += [f"skipped: {s}" for s in obj.get("skipped") or []]
+    return "\n".join(rows)
+
+
+def plot_tradeoff(obj: dict, path: str | os.PathLike) -> None:
+    """PNG: F1 against GMACs and, when timed, against latency, one curve per method (points joined in order of
+    GMACs), the front's budgets as vertical lines."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    methods = list(dict.fromkeys(r["method"] for r in obj["rows"]))
+    timed = all(r.get("latency_ms") is not None for r in obj["rows"])
+    fig, axes = plt.subplots(1, 2 if timed else 1, figsize=(13 if timed else 6.5, 4.8), squeeze=False)
+    for ax, x, label in zip(axes[0], ("gmacs", "latency_ms"), ("GMACs per feature", "latency per feature, "
+                                                                 "batch 1 (ms)")):
+        for m in methods:
+            pts = [(r[x], r["f1"]) for r in sorted(obj["rows"], key=lambda r: r["gmacs"]) if r["method"] == m]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], STYLES.get(m, "o-"), label=METHODS.get(m, m),
+                    markersize=4)
+        if x == "gmacs":
+            at: dict[float, list[str]] = {}
+            for name, g in (obj.get("budgets") or {}).items():
+                at.setdefault(g, []).append(name)
+            for g, names in at.items():
+                ax.axvline(g, color="0.6", linewidth=0.8, linestyle=":")
+                ax.annotate(", ".join(names), (g, ax.get_ylim()[0]), fontsize=7, rotation=90, va="bottom", ha="right")
+        ax.set(xlabel=label, ylabel="dev F1", title=f"F1 against {'compute' if x == 'gmacs' else 'latency'}")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    from quala.files import atomic_write
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    plt.close(fig)
