@@ -23,6 +23,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Non
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         write(str(tmp))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # some writers create 0600 files; a model folder is meant to be shared
         os.replace(tmp, path)
     finally:
         if tmp.exists():
