@@ -32,11 +32,13 @@ class TorchPredictor:
 
     @torch.inference_mode()
     def __call__(self, batch, length_config):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16):
+        device = next(self.model.parameters()).device  # the model runs where it lives (CPU, or a GPU in training)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16):
             kwargs = {} if self.ranking == "attention" else {"ranking": self.ranking}
             out = self.model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], length_config,
                              **kwargs)
-        return out.start_logits.float().numpy(), out.end_logits.float().numpy(), out.kept.numpy()
+        return out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy(), out.kept.cpu().numpy()
 
 
 @dataclass

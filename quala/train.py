@@ -138,6 +138,9 @@ class Trainer:
                 find_unused_parameters=cfg.layer_dropout_prob > 0)
         examples = load_squad(cfg.train_file or squad_path("train"), limit=cfg.limit)
         examples, _ = split_articles(examples, cfg.heldout_fraction)
+        if not examples:
+            raise QualaError(f"{cfg.train_file or squad_path('train')}: nothing left to train on after holding out "
+                             f"{cfg.heldout_fraction:.0%} of the articles (--limit {cfg.limit}); train on more")
         self.features = make_features(examples, self.tokenizer, cfg.max_seq_length, cfg.doc_stride,
                                       cfg.max_query_length, training=True)
         self.lengths = [len(f) for f in self.features]
@@ -355,7 +358,7 @@ class Trainer:
         dtype = torch.bfloat16 if self.cfg.bf16 else torch.float32
         results = {}
         for lc in configs:
-            r = evaluate(TorchPredictor(self.model.cpu(), dtype), self.tokenizer, examples, lc,
+            r = evaluate(TorchPredictor(self.model, dtype), self.tokenizer, examples, lc,
                          self.cfg.eval_batch_size, features=features)
             results[str(lc or "full")] = {"exact_match": r.exact_match, "f1": r.f1, "questions": r.questions,
                                           "kept_per_layer": r.kept_per_layer}

@@ -1,0 +1,191 @@
+#!/usr/bin/env python3
+"""The full training recipe on a lent GPU machine, inside one time budget, and back.
+
+The GPU machine reaches nothing outside the repository and returns at most 64 MiB, so:
+
+  python scripts/gpu_train.py prepare            # here: .carry/ = backbone (fp16) + SQuAD (gzip), ~55 MiB
+  python scripts/gpu_train.py run --out $OUT     # there: stage 1, stage 2 sized to the time left, fp16 pieces
+  python scripts/gpu_train.py unpack FETCHED runs/release-gpu   # here: a model directory again (fp32 safetensors)
+
+Stage 2's epochs are chosen from stage 1's measured throughput so that the run ends before --deadline; if it still
+runs late it gets SIGTERM, which `quala train` turns into a checkpoint, and the weights are taken from that.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load, load_file, save, save_file
+
+ROOT = Path(__file__).resolve().parents[1]
+CARRY = ROOT / ".carry"
+PIECE = 15 * 1024 * 1024
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+
+
+def prepare() -> None:
+    sys.path.insert(0, str(ROOT))
+    from quala.config import backbone_dir, squad_path
+    backbone = CARRY / "backbone"
+    backbone.mkdir(parents=True, exist_ok=True)
+    src = backbone_dir()
+    for name in ("config.json",) + TOKENIZER_FILES:
+        if (src / name).exists():
+            shutil.copy(src / name, backbone / name)
+    save_file({k: v.half() for k, v in load_file(str(src / "model.safetensors")).items()},
+              str(backbone / "model.safetensors"))
+    squad = CARRY / "squad"
+    squad.mkdir(exist_ok=True)
+    for split in ("train", "dev"):
+        with open(squad_path(split), "rb") as f, gzip.open(squad / f"{split}-v1.1.json.gz", "wb") as g:
+            shutil.copyfileobj(f, g)
+    size = sum(p.stat().st_size for p in CARRY.rglob("*") if p.is_file())
+    print(f"{CARRY}: {size / 2**20:.1f} MiB")
+
+
+def train(args, stage: str, init: Path, out: Path, epochs: float, lr: float, timeout: float, log: Path) -> int:
+    cmd = [sys.executable, "-m", "quala.cli", "train", "--stage", stage, "--model", str(init), "--output", str(out),
+           f"--epochs-{stage}", str(epochs), "--lr", str(lr), "--batch-size", str(args.batch_size),
+           "--eval-limit", str(args.eval_limit), "--checkpoint-minutes", "3"]
+    cmd += ["--limit", str(args.limit)] if args.limit else []
+    print(" ".join(cmd), flush=True)
+    with open(log, "w") as f:
+        p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
+        try:
+            return p.wait(timeout=max(1.0, timeout))
+        except subprocess.TimeoutExpired:
+            print(f"{stage}: out of time, SIGTERM (checkpoint)", flush=True)
+            p.terminate()
+            return p.wait()
+
+
+def last_rate(log_jsonl: Path) -> tuple[float, float]:
+    """(features/s, steps per epoch) from the last training record of a log.jsonl."""
+    records = [json.loads(line) for line in log_jsonl.read_text().splitlines()]
+    last = [r for r in records if "features_per_s" in r][-1]
+    return last["features_per_s"], last["step"] / last["epoch"]
+
+
+def final_weights(stage_dir: Path, init: Path) -> Path:
+    """The stage's model.safetensors; if the stage was stopped early, made from its checkpoint."""
+    if (stage_dir / "model.safetensors").exists():
+        return stage_dir
+    sys.path.insert(0, str(ROOT))
+    from quala.modeling import QualaForQuestionAnswering, load_tokenizer
+    state = torch.load(stage_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+    model = QualaForQuestionAnswering.from_pretrained(init)
+    model.load_state_dict(state["model"])
+    model.config.extra = {"trained_by": "quala train", "stage": state["stage"], "steps": state["step"],
+                          "train_config": state["config"], "stopped_early": True}
+    model.save_pretrained(stage_dir)
+    load_tokenizer(init).save_pretrained(str(stage_dir))
+    return stage_dir
+
+
+def pack(model_dir: Path, out: Path, extra: list[Path]) -> None:
+    blob = save({k: v.half().contiguous() for k, v in load_file(str(model_dir / "model.safetensors")).items()})
+    for i in range(0, len(blob), PIECE):
+        (out / f"weights.fp16.part{i // PIECE}").write_bytes(blob[i: i + PIECE])
+    with tarfile.open(out / "meta.tar.gz", "w:gz") as tar:
+        for p in [model_dir / "config.json", *[model_dir / n for n in TOKENIZER_FILES], *extra]:
+            if p.exists():
+                tar.add(p, arcname=str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else p.name)
+
+
+def run(args) -> None:
+    start = time.monotonic()
+    left = lambda: args.deadline - (time.monotonic() - start)  # noqa: E731
+    out = Path(args.out)
+    squad = CARRY / "shared" / "data" / "squad"
+    squad.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "dev"):
+        with gzip.open(CARRY / "squad" / f"{split}-v1.1.json.gz") as g, open(squad / f"{split}-v1.1.json", "wb") as f:
+            shutil.copyfileobj(g, f)
+    os.environ.update(QUALA_SHARED=str(CARRY / "shared"), PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1",
+                      TQDM_MININTERVAL="10", PYTHONUNBUFFERED="1")
+    print(torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU: training on the CPU", flush=True)
+    runs = ROOT / "runs" / "gpu"
+    ft, ld = runs / "finetune", runs / "lengthdrop"
+    logs = [ft / "log.jsonl", ft / "train_done.json", ld / "log.jsonl", ld / "train_done.json",
+            out / "finetune.log", out / "lengthdrop.log"]
+    rc = train(args, "finetune", CARRY / "backbone", ft, args.epochs_finetune, args.lr_finetune,
+               left() - args.reserve - 60, out / "finetune.log")
+    print(f"finetune rc={rc} after {time.monotonic() - start:.0f}s", flush=True)
+    if rc != 0:
+        subprocess.run(["tail", "-c", "3000", str(out / "finetune.log")])
+        final_weights(ft, CARRY / "backbone")
+        pack(ft, out, logs)
+        return
+    rate, steps_per_epoch = last_rate(ft / "log.jsonl")
+    budget = left() - args.reserve - 30  # 30 s: tokenizing the train set again, loading
+    epochs = min(args.max_epochs_lengthdrop, budget * rate / args.lengthdrop_cost / (steps_per_epoch * args.batch_size))
+    epochs = round(max(0.05, epochs), 2)
+    print(f"stage 1: {rate:.0f} features/s; stage 2: {epochs} epochs in about {budget:.0f}s", flush=True)
+    rc = train(args, "lengthdrop", ft, ld, epochs, args.lr_lengthdrop, left() - args.reserve / 2, out / "lengthdrop.log")
+    print(f"lengthdrop rc={rc} after {time.monotonic() - start:.0f}s", flush=True)
+    subprocess.run(["tail", "-c", "1500", str(out / "lengthdrop.log")])
+    pack(final_weights(ld, ft), out, logs)
+    for done in (ft / "train_done.json", ld / "train_done.json"):
+        if done.exists():
+            print(done, done.read_text(), flush=True)
+    print(f"packed after {time.monotonic() - start:.0f}s: {sorted(p.name for p in out.iterdir())}")
+
+
+def unpack(fetched: Path, dest: Path) -> None:
+    parts = sorted(fetched.glob("weights.fp16.part*"), key=lambda p: int(p.name.rsplit("part", 1)[1]))
+    if not parts:
+        raise SystemExit(f"{fetched}: no weights.fp16.part* files")
+    weights = load(b"".join(p.read_bytes() for p in parts))
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    with tarfile.open(fetched / "meta.tar.gz") as tar:
+        tar.extractall(tmp, filter="data")
+    model_dir = next(p.parent for p in tmp.rglob("config.json"))
+    save_file({k: v.float() for k, v in weights.items()}, str(model_dir / "model.safetensors"))
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    print(f"{dest}: {sorted(str(p.relative_to(dest)) for p in dest.rglob('*') if p.is_file())}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("prepare", help="write .carry/ (backbone in fp16, SQuAD gzipped) for the device call")
+    r = sub.add_parser("run", help="train both stages within --deadline seconds and pack the result into --out")
+    r.add_argument("--out", required=True, help="folder that comes back ($OUT)")
+    r.add_argument("--deadline", type=float, default=540, help="seconds from start to packed result (default 540)")
+    r.add_argument("--reserve", type=float, default=70, help="seconds kept for evaluation and packing (default 70)")
+    r.add_argument("--epochs-finetune", type=float, default=3.0)
+    r.add_argument("--max-epochs-lengthdrop", type=float, default=6.0)
+    r.add_argument("--lr-finetune", type=float, default=8e-5)
+    r.add_argument("--lr-lengthdrop", type=float, default=5e-5)
+    r.add_argument("--batch-size", type=int, default=32)
+    r.add_argument("--eval-limit", type=int, default=2000)
+    r.add_argument("--limit", type=int, default=None, help="train on the first N questions (a dry run on CPU)")
+    r.add_argument("--lengthdrop-cost", type=float, default=2.8,
+                   help="time of a LengthDrop step over a fine-tuning step (sandwich of 4; guess, default 2.8)")
+    u = sub.add_parser("unpack", help="rebuild a model directory (fp32 safetensors) from the fetched files")
+    u.add_argument("fetched", type=Path)
+    u.add_argument("dest", type=Path)
+    args = p.parse_args()
+    if args.command == "prepare":
+        prepare()
+    elif args.command == "run":
+        run(args)
+    else:
+        unpack(args.fetched, args.dest)
+
+
+if __name__ == "__main__":
+    main()
