@@ -56,7 +56,7 @@ def prepare() -> None:
 def train(args, stage: str, init: Path, out: Path, epochs: float, lr: float, timeout: float, log: Path) -> int:
     cmd = [sys.executable, "-m", "quala.cli", "train", "--stage", stage, "--model", str(init), "--output", str(out),
            f"--epochs-{stage}", str(epochs), "--lr", str(lr), "--batch-size", str(args.batch_size),
-           "--eval-limit", str(args.eval_limit), "--checkpoint-minutes", "3"]
+           "--eval-limit", str(args.eval_limit), "--checkpoint-minutes", "3", "--warmup-ratio", str(args.warmup_ratio)]
     cmd += ["--limit", str(args.limit)] if args.limit else []
     print(" ".join(cmd), flush=True)
     with open(log, "w") as f:
@@ -118,17 +118,24 @@ def run(args) -> None:
     ft, ld = runs / "finetune", runs / "lengthdrop"
     logs = [ft / "log.jsonl", ft / "train_done.json", ld / "log.jsonl", ld / "train_done.json",
             out / "finetune.log", out / "lengthdrop.log"]
-    rc = train(args, "finetune", CARRY / "backbone", ft, args.epochs_finetune, args.lr_finetune,
-               left() - args.reserve - 60, out / "finetune.log")
-    print(f"finetune rc={rc} after {time.monotonic() - start:.0f}s", flush=True)
-    if rc != 0:
-        subprocess.run(["tail", "-c", "3000", str(out / "finetune.log")])
-        final_weights(ft, CARRY / "backbone")
-        pack(ft, out, logs)
-        return
-    rate, steps_per_epoch = last_rate(ft / "log.jsonl")
-    budget = left() - args.reserve - 30  # 30 s: tokenizing the train set again, loading
-    epochs = min(args.max_epochs_lengthdrop, budget * rate / args.lengthdrop_cost / (steps_per_epoch * args.batch_size))
+    if args.start_from:  # continue LengthDrop from a model carried in fp16 (a second, shorter call)
+        ft = CARRY / args.start_from
+        save_file({k: v.float() for k, v in load_file(str(ft / "model.safetensors")).items()},
+                  str(ft / "model.safetensors"))
+        rate, features_per_epoch = args.lengthdrop_rate * args.lengthdrop_cost, args.features_per_epoch
+    else:
+        rc = train(args, "finetune", CARRY / "backbone", ft, args.epochs_finetune, args.lr_finetune,
+                   left() - args.reserve - 60, out / "finetune.log")
+        print(f"finetune rc={rc} after {time.monotonic() - start:.0f}s", flush=True)
+        if rc != 0:
+            subprocess.run(["tail", "-c", "3000", str(out / "finetune.log")])
+            final_weights(ft, CARRY / "backbone")
+            pack(ft, out, logs)
+            return
+        rate, steps_per_epoch = last_rate(ft / "log.jsonl")
+        features_per_epoch = steps_per_epoch * args.batch_size
+    budget = left() - args.reserve - args.startup  # tokenizing the train set again, loading
+    epochs = min(args.max_epochs_lengthdrop, budget * rate / args.lengthdrop_cost / features_per_epoch)
     epochs = round(max(0.05, epochs), 2)
     print(f"stage 1: {rate:.0f} features/s; stage 2: {epochs} epochs in about {budget:.0f}s", flush=True)
     rc = train(args, "lengthdrop", ft, ld, epochs, args.lr_lengthdrop, left() - args.reserve / 2, out / "lengthdrop.log")
@@ -171,10 +178,16 @@ def main() -> None:
     r.add_argument("--lr-finetune", type=float, default=8e-5)
     r.add_argument("--lr-lengthdrop", type=float, default=5e-5)
     r.add_argument("--batch-size", type=int, default=32)
+    r.add_argument("--warmup-ratio", type=float, default=0.1)
+    r.add_argument("--start-from", default=None, help="folder in .carry/ with an fp16 model: LengthDrop only")
+    r.add_argument("--lengthdrop-rate", type=float, default=204, help="with --start-from: LengthDrop features/s "
+                   "measured before (H100: 204)")
+    r.add_argument("--features-per-epoch", type=float, default=83_264, help="with --start-from (SQuAD: 83,264)")
+    r.add_argument("--startup", type=float, default=30, help="seconds to load and tokenize before stage 2")
     r.add_argument("--eval-limit", type=int, default=2000)
     r.add_argument("--limit", type=int, default=None, help="train on the first N questions (a dry run on CPU)")
-    r.add_argument("--lengthdrop-cost", type=float, default=2.8,
-                   help="time of a LengthDrop step over a fine-tuning step (sandwich of 4; guess, default 2.8)")
+    r.add_argument("--lengthdrop-cost", type=float, default=4.8,
+                   help="time of a LengthDrop step over a fine-tuning step (H100, batch 32: 4.8)")
     u = sub.add_parser("unpack", help="rebuild a model directory (fp32 safetensors) from the fetched files")
     u.add_argument("fetched", type=Path)
     u.add_argument("dest", type=Path)
