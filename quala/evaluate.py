@@ -24,6 +24,7 @@ class Predictor(Protocol):
 class TorchPredictor:
     """An eager PyTorch model; ranking "position" keeps each layer's first k tokens instead of the most attended
     (a baseline for benchmarks/tradeoff.py)."""
+    batch_invariant = True  # each row's logits are its own: padding is masked, no batch-wide statistics
 
     def __init__(self, model: torch.nn.Module, dtype: torch.dtype = torch.float32, ranking: str = "attention"):
         self.model = model.eval()

@@ -50,6 +50,7 @@ class OnnxPredictor:
         except Exception as e:  # onnxruntime raises its own pybind error types for damaged files
             raise QualaError(f"{self.path}: cannot load the ONNX model ({type(e).__name__}: {e})") from None
         self.check_signature()
+        self.batch_invariant = not dynamic_activation_scales(self.path)
 
     def check_signature(self) -> None:
         inputs = {i.name: i.shape for i in self.session.get_inputs()}
@@ -73,6 +74,14 @@ class OnnxPredictor:
         start, end, kept = self.session.run(None, {k: np.ascontiguousarray(v, dtype=np.int64)
                                                    for k, v in feed.items()})
         return start, end, kept
+
+
+def dynamic_activation_scales(path: Path) -> bool:
+    """True for a dynamically quantized graph: its activations get one scale per tensor, computed from the whole
+    batch, so a row's logits depend on the other rows (and the padding) it is batched with."""
+    import onnx
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return any(n.op_type in ("DynamicQuantizeLinear", "DynamicQuantizeMatMul") for n in graph.node)
 
 
 def choose_runtime(model_dir: Path, runtime: str, dtype: torch.dtype) -> str:

@@ -92,10 +92,18 @@ class Engine:
             return
         pairs = [pair for pair, _, _ in items]
         top_k = max(k for _, k, _ in items)
-        c = self.model_config
-        job = self.executor.submit(answer_questions, self.predictor, self.tokenizer, pairs, lc, top_k,
-                                   self.max_batch, c.max_seq_length, c.doc_stride, c.max_query_length)
+        job = self.executor.submit(self.run_batch, pairs, lc, top_k)
         asyncio.wrap_future(job).add_done_callback(lambda done: deliver(done, items))
+
+    def run_batch(self, pairs: list[tuple[str, str]], lc: LengthConfig | None, top_k: int) -> list[list[Answer]]:
+        """One forward pass for requests batched together; one pass per request where the runtime's outputs
+        depend on batch-mates (dynamic INT8), so that an answer never depends on who else asked at the time."""
+        c = self.model_config
+        run = lambda group: answer_questions(self.predictor, self.tokenizer, group, lc, top_k,  # noqa: E731
+                                             self.max_batch, c.max_seq_length, c.doc_stride, c.max_query_length)
+        if getattr(self.predictor, "batch_invariant", True):
+            return run(pairs)
+        return [answers for pair in pairs for answers in run([pair])]
 
 
 def deliver(done: asyncio.Future, items: list) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,9 @@ import torch
 
 from quala.config import backbone_dir, squad_path
 from quala.data import load_squad
+from quala.export import export_dir
 from quala.modeling import ModelConfig, QualaForQuestionAnswering, load_tokenizer
+from quala.quantize import quantize_model
 
 torch.set_num_threads(2)
 
@@ -54,4 +57,14 @@ def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
     d = tmp_path_factory.mktemp("tiny")
     QualaForQuestionAnswering(tiny_config()).save_pretrained(d)
     tokenizer.save_pretrained(str(d))
+    return d
+
+
+@pytest.fixture(scope="session")
+def onnx_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny model with model.onnx and a dynamically quantized model.int8.onnx beside its weights."""
+    d = tmp_path_factory.mktemp("onnx_model")
+    shutil.copytree(tiny_model_dir, d, dirs_exist_ok=True)
+    export_dir(d)
+    quantize_model(d, "dynamic")
     return d

@@ -10,18 +10,8 @@ import torch
 from quala.cli import main
 from quala.config import LengthConfig, QualaError
 from quala.data import collate, make_features
-from quala.export import export_dir
 from quala.quantize import quantize_model
 from quala.runtime import OnnxPredictor, load_predictor, physical_cores
-
-
-@pytest.fixture(scope="module")
-def onnx_dir(tiny_model_dir, tmp_path_factory):
-    d = tmp_path_factory.mktemp("onnx_model")
-    shutil.copytree(tiny_model_dir, d, dirs_exist_ok=True)
-    export_dir(d)
-    quantize_model(d, "dynamic")
-    return d
 
 
 @pytest.fixture(scope="module")

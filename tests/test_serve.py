@@ -1,6 +1,7 @@
 import asyncio
 import json
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -8,6 +9,8 @@ from quala.budget import Front, FrontPoint, name_points
 from quala.config import LengthConfig
 from quala.evaluate import TorchPredictor
 from quala.modeling import load
+from quala.data import collate, make_features
+from quala.runtime import load_predictor
 from quala.serve import Engine, create_app
 
 CONTEXT = "The Amazon River flows through Brazil, Peru and Colombia. It is the largest river by discharge."
@@ -66,6 +69,30 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(engine):
     results = asyncio.run(many())
     for (answer,), c in zip(results, contexts):
         assert answer.text == c[answer.start:answer.end]
+
+
+def test_int8_answers_do_not_depend_on_batch_mates(onnx_dir, dev_examples):
+    """Dynamic INT8 scales activations per tensor, over the whole batch: the engine must not let one request's
+    answer change with the requests that happen to arrive with it."""
+    predictor, tokenizer, config = load_predictor(onnx_dir, "onnx-int8")
+    assert not predictor.batch_invariant and load_predictor(onnx_dir, "onnx")[0].batch_invariant
+    features = make_features(dev_examples[:6], tokenizer, 128, 48)
+    alone, _, _ = predictor(collate(features[:1]), None)
+    batched, _, _ = predictor(collate(features[:6]), None)
+    n = len(features[0])
+    assert not np.array_equal(alone[0, :n], batched[0, :n])  # the runtime itself is batch-dependent
+
+    engine = Engine(predictor, tokenizer, config, None, max_batch=8, max_wait_ms=200)
+    pairs = [(e.question, e.context) for e in dev_examples[:6]]
+
+    async def together():
+        return await asyncio.gather(*(engine.answer(q, c, None, 3) for q, c in pairs))
+
+    async def one(q, c):
+        return await engine.answer(q, c, None, 3)
+
+    solo = [asyncio.run(one(q, c)) for q, c in pairs]
+    assert asyncio.run(together()) == solo
 
 
 def test_long_context_is_windowed_not_truncated(client):
