@@ -104,3 +104,17 @@ def test_keep_float_pattern_must_match(onnx_dir, tmp_path):
 
 def test_physical_cores():
     assert 1 <= physical_cores() <= (__import__("os").cpu_count() or 1)
+
+
+def test_int8_embeddings_shrink_the_file_and_still_answer(onnx_dir, tmp_path, features):
+    path = quantize_model(onnx_dir, "dynamic", tmp_path / "e.onnx", embeddings=True)
+    graph = onnx.load(str(path)).graph
+    words = [i for i in graph.initializer
+             if i.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8) and list(i.dims[:1]) == [30522]]
+    assert words, "the word embeddings are not stored in int8"
+    assert path.stat().st_size < 0.6 * (onnx_dir / "model.int8.onnx").stat().st_size
+    b = collate(features[:4])
+    real = b["attention_mask"].bool().numpy()
+    plain, _, _ = OnnxPredictor(onnx_dir / "model.int8.onnx", load_predictor(onnx_dir, "onnx")[2])(b, None)
+    small, _, _ = OnnxPredictor(path, load_predictor(onnx_dir, "onnx")[2])(b, None)
+    assert np.corrcoef(plain[real], small[real])[0, 1] > 0.95
