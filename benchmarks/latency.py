@@ -103,6 +103,22 @@ def quala_int8(model_dir: Path, config: ModelConfig, out_dir: Path, threads: int
     return OnnxPredictor(quantize_model(out_dir), config, threads)
 
 
+def quala_static_int8(model_dir: Path, out_dir: Path, threads: int) -> OnnxPredictor:
+    """The issue's first choice: static QDQ INT8, activation ranges calibrated on 128 SQuAD train features."""
+    import shutil
+    from quala.export import export_dir
+    from quala.quantize import quantize_model
+    d = out_dir / "static"
+    d.mkdir()
+    for name in ("config.json", "model.onnx", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        if (model_dir / name).is_file():
+            shutil.copy(model_dir / name, d / name)
+    if not (d / "model.onnx").is_file():
+        export_dir(d)
+    config = ModelConfig.from_dict(read_json(d / "config.json"))
+    return OnnxPredictor(quantize_model(d, "static", calibration_features=128), config, threads)
+
+
 def parse_configs(text: str | None, model_dir: Path) -> list[tuple[str, LengthConfig]]:
     """--length-configs 'a,b,c;d,e,f', else DIR/length_configs.json (lenient about its shape), else none."""
     if text:
@@ -170,6 +186,10 @@ def build_rows(args, model_dir: Path, config: ModelConfig, scratch: Path) -> lis
             dict(name="quala fp32 PyTorch", predictor=TorchPredictor(model), lc=None),
             dict(name="quala bf16 PyTorch autocast", predictor=TorchPredictor(model, torch.bfloat16), lc=None),
             dict(name="quala INT8 ORT", predictor=int8, lc=None, int8=True)]
+    if args.static:
+        rows.append(dict(name="quala INT8 ORT, static QDQ", predictor=quala_static_int8(model_dir, scratch,
+                                                                                        args.threads),
+                         lc=None, int8=True))
     for name, lc in parse_configs(args.length_configs, model_dir):
         lc.check(config.num_hidden_layers, config.max_seq_length)
         rows.append(dict(name=f"quala INT8 ORT, {name}", predictor=int8, lc=lc, int8=True))
@@ -232,6 +252,8 @@ def main() -> None:
     p.add_argument("--eval-limit", type=int, default=None,
                    help="also score EM/F1 of every row (but BERT-base) on the first N dev questions")
     p.add_argument("--threads", type=int, default=2, help="intra-op threads of PyTorch and ONNX Runtime")
+    p.add_argument("--no-static", dest="static", action="store_false",
+                   help="skip the static QDQ INT8 row (it calibrates on SQuAD train features first)")
     p.add_argument("--json", type=Path, default=Path("latency.json"), help="results file (default latency.json)")
     args = p.parse_args()
     try:
