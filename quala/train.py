@@ -226,7 +226,9 @@ class Trainer:
             loss = (1 - self.cfg.alpha) * loss + self.cfg.alpha * kd
         return loss, out
 
-    def train_step(self, batch: dict, idx: list[int]) -> float:
+    def train_step(self, batch: dict, idx: list[int]) -> torch.Tensor:
+        """One optimizer step; returns the summed loss as a tensor (reading it waits for the device, so the loop
+        reads it only when it logs, letting a GPU run ahead of the Python that feeds it)."""
         cfg = self.cfg
         sandwich = self.stage == "lengthdrop"
         n_sub = cfg.num_sandwich + 1 if sandwich else 0
@@ -234,7 +236,7 @@ class Trainer:
         with sync() if n_sub else nullcontext(), self.autocast():
             loss, full = self.full_model_loss(batch, idx)
         loss.backward()
-        total = loss.item()
+        total = loss.detach()
         self.used_ratios = []
         if sandwich:
             # the smallest sub-model, then num_sandwich random ones; all distil from the full model
@@ -250,7 +252,7 @@ class Trainer:
                     sub_loss = distill_loss(sub.start_logits, sub.end_logits, full.start_logits,
                                             full.end_logits, batch["attention_mask"])
                 sub_loss.backward()
-                total += sub_loss.item()
+                total = total + sub_loss.detach()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
@@ -316,8 +318,9 @@ class Trainer:
                     seen += len(idx) * self.world
                     rate = seen / (time.monotonic() - t0)
                     bar.update(1)
-                    bar.set_postfix(loss=f"{loss:.3f}", feat_s=f"{rate:.1f}")
                     if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                        loss = loss.item()
+                        bar.set_postfix(loss=f"{loss:.3f}", feat_s=f"{rate:.1f}", refresh=False)
                         self.log({"stage": self.stage, "step": self.step, "epoch": self.step / self.batches_per_epoch,
                                   "loss": loss, "lr": self.scheduler.get_last_lr()[0], "features_per_s": rate,
                                   "sub_ratios": [list(r) for r in self.used_ratios]})

@@ -106,15 +106,25 @@ def test_physical_cores():
     assert 1 <= physical_cores() <= (__import__("os").cpu_count() or 1)
 
 
-def test_int8_embeddings_shrink_the_file_and_still_answer(onnx_dir, tmp_path, features):
-    path = quantize_model(onnx_dir, "dynamic", tmp_path / "e.onnx", embeddings=True)
-    graph = onnx.load(str(path)).graph
-    words = [i for i in graph.initializer
-             if i.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8) and list(i.dims[:1]) == [30522]]
-    assert words, "the word embeddings are not stored in int8"
-    assert path.stat().st_size < 0.6 * (onnx_dir / "model.int8.onnx").stat().st_size
+@pytest.mark.parametrize("dtype, max_size, rounding", [("fp16", 0.65, 1e-3), ("int8", 0.45, None)])
+def test_compressed_embeddings_shrink_the_file_and_still_answer(onnx_dir, tmp_path, features, dtype, max_size,
+                                                                rounding):
+    path = quantize_model(onnx_dir, "dynamic", tmp_path / f"{dtype}.onnx", embeddings=dtype)
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
+    original = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(str(onnx_dir / "model.onnx")).graph.initializer}
+    name = next(k for k, v in original.items() if v.shape[0] == 30522)
+    stored = inits[f"{name}_{dtype}"]
+    assert stored.dtype == {"fp16": np.float16, "int8": np.int8}[dtype] and name not in inits
+    scale = inits.get(f"{name}_row_scale", 1.0)
+    error = np.abs(stored.astype(np.float32) * scale - original[name])
+    bound = rounding * np.abs(original[name]) + 1e-7 if rounding else scale / 2 + 1e-7  # each row to its own scale
+    assert (error <= bound).all()
+    assert path.stat().st_size < max_size * (onnx_dir / "model.int8.onnx").stat().st_size
     b = collate(features[:4])
     real = b["attention_mask"].bool().numpy()
-    plain, _, _ = OnnxPredictor(onnx_dir / "model.int8.onnx", load_predictor(onnx_dir, "onnx")[2])(b, None)
-    small, _, _ = OnnxPredictor(path, load_predictor(onnx_dir, "onnx")[2])(b, None)
-    assert np.corrcoef(plain[real], small[real])[0, 1] > 0.95
+    config = load_predictor(onnx_dir, "onnx")[2]
+    plain, _, _ = OnnxPredictor(onnx_dir / "model.int8.onnx", config)(b, None)
+    small, _, _ = OnnxPredictor(path, config)(b, None)
+    assert np.corrcoef(plain[real], small[real])[0, 1] > (0.999 if dtype == "fp16" else 0.95)
+    with pytest.raises(QualaError, match="choose one of fp32, fp16, int8"):
+        quantize_model(onnx_dir, "dynamic", tmp_path / "x.onnx", embeddings="int4")
