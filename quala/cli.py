@@ -200,6 +200,11 @@ def cmd_report(args) -> None:
         print(f"\nplot      {plot}")
         return
     model_dir = args.model or default_model_dir()
+    if args.time:
+        from quala.runtime import load_predictor as load
+        from quala.search import retime_front
+        predictor, tokenizer, _ = load(model_dir, args.runtime, threads=args.threads)
+        retime_front(model_dir, predictor, tokenizer, args.latency_repeats, args.latency_features)
     front = read_front(model_dir)
     plot = args.plot or Path(model_dir) / PLOT_FILE
     plot_front(front, plot)
@@ -244,6 +249,13 @@ def add_search_parsers(sub) -> None:
     p.add_argument("--plot", type=Path, default=None, help="PNG to write (default: MODEL/length_configs.png)")
     p.add_argument("--tradeoff", type=Path, default=None, metavar="FILE",
                    help="instead, print and plot a benchmarks/tradeoff.py --json file (default plot: FILE.png)")
+    p.add_argument("--time", action="store_true", help="first time every front point again on this machine "
+                   "(batch 1, the search's sample of held-out features) and save the latencies; the scores stay")
+    p.add_argument("--runtime", choices=["auto", "torch", "onnx", "onnx-int8"], default="auto",
+                   help="engine timed by --time (default auto: the INT8 graph when there is one)")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads for --time (default: physical cores)")
+    p.add_argument("--latency-features", type=int, default=32, help="features timed by --time (default 32)")
+    p.add_argument("--latency-repeats", type=int, default=5, help="timings per feature for --time (default 5)")
     p.set_defaults(func=cmd_report)
 
 

@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from quala import flops
-from quala.budget import Front, FrontPoint, front_path, name_points, write_front
+from quala.budget import Front, FrontPoint, front_path, name_points, read_front, write_front
 from quala.config import LengthConfig, QualaError, squad_path
 from quala.data import Example, Feature, collate, load_squad, make_features, split_articles
 from quala.evaluate import Predictor, TorchPredictor, evaluate
@@ -319,3 +319,27 @@ def report_on_dev(predictor: Predictor, tokenizer, config: ModelConfig, scorer: 
     evaluated = [{"length_config": k, "search_gmacs": v["gmacs"], "search_f1": v["f1"]}
                  for k, v in scorer.cache.scores.items()]
     return Front(points, point("full", "full", full), name_points(points), evaluated)
+
+
+def retime_front(model_dir: str | os.PathLike, predictor: Predictor, tokenizer, repeats: int = 5,
+                 features: int = 32) -> Front:
+    """Time every point of MODEL/length_configs.json again with this predictor on this machine, keeping the scores.
+
+    Latency budgets ('20ms') are only as good as the timings behind them: after moving a model to another CPU, or
+    after changing how its graph is stored, retime instead of searching again. The sample is the one the search
+    timed: the first `features` features (random order, seed 0) of the held-out questions it scored."""
+    model_dir = Path(model_dir)
+    front = read_front(model_dir)
+    config = ModelConfig.from_dict(read_json(model_dir / "config.json"))
+    info = front.info.get("search") or {}
+    same_file = info.get("train_file", "") if info.get("train_limit") is None else ""
+    examples, _ = search_split(config, SearchSettings(limit=info.get("limit"), train_file=same_file,
+                                                      heldout_fraction=info.get("heldout_fraction")))
+    pool = make_features(examples, tokenizer, config.max_seq_length, config.doc_stride, config.max_query_length)
+    sample = [pool[i] for i in np.random.default_rng(0).permutation(len(pool))[:features]]
+    runtime = runtime_name(predictor)
+    for p in tqdm(front.configs + ([front.full] if front.full else []), desc="time", unit="config"):
+        p.latency_ms, p.runtime = measure_latency(predictor, sample, p.length_config, repeats), runtime
+    front.info["timed"] = {"runtime": runtime, "features": len(sample), "repeats": repeats}
+    write_front(front_path(model_dir), front)
+    return front

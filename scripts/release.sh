@@ -1,24 +1,31 @@
 #!/usr/bin/env bash
-# From a trained LengthDrop model directory to every figure of the README's results table:
-# ONNX export, dynamic INT8, length search (held-out train articles, INT8 runtime, latency on this machine),
-# official-dev EM/F1 of the full model (fp32 and INT8) and of each front point (INT8), and the latency benchmark.
+# From a trained LengthDrop model directory to every figure of the README's results table, then into the package:
+# ONNX export, dynamic INT8 (fp16 word embeddings), length search (held-out train articles, INT8 runtime), the
+# front timed on this machine, official-dev EM/F1 (fp32 full; INT8 at named points), the latency, load and
+# trade-off benchmarks, and scripts/ship.sh.
 #
-#   scripts/release.sh runs/release/lengthdrop [out-dir]
+#   scripts/release.sh runs/v1/model [results-dir]
 #
-# Search sizes are options of `quala search`; the defaults below fit a 2-core CPU in well under an hour.
+# Run it on an otherwise idle machine: every timing is a median, but 2 cores shared with anything else are noisy.
 set -euo pipefail
 MODEL=${1:?model directory}
 OUT=${2:-$MODEL/release}
 mkdir -p "$OUT"
-SEARCH_ARGS=${SEARCH_ARGS:---population 16 --iterations 4 --mutations 12 --crossovers 12 --limit 400 --dev-limit 2000}
+SEARCH_ARGS=${SEARCH_ARGS:---population 16 --iterations 8 --mutations 12 --crossovers 12 --limit 400 --dev-limit 2000}
+POINTS=${POINTS:-accurate balanced 1.25x 2x fastest}
 
 quala export --model "$MODEL"
-quala quantize --model "$MODEL" --mode dynamic
+quala quantize --model "$MODEL" --mode dynamic --embeddings fp16
 quala search --model "$MODEL" --runtime onnx-int8 $SEARCH_ARGS --latency | tee "$OUT/search.txt"
-quala report --model "$MODEL" | tee "$OUT/front.md"
+quala report --model "$MODEL" --time --runtime onnx-int8 | tee "$OUT/front.md"
 quala eval --model "$MODEL" --runtime torch --output "$OUT/dev-full-fp32.json" | tee "$OUT/dev-full-fp32.txt"
-quala eval --model "$MODEL" --runtime onnx-int8 --output "$OUT/dev-full-int8.json" | tee "$OUT/dev-full-int8.txt"
-for point in $(python -c "import json,sys; print(' '.join(p['name'] for p in json.load(open(sys.argv[1]))['configs']))" "$MODEL/length_configs.json"); do
-  quala eval --model "$MODEL" --runtime onnx-int8 --budget "$point" | tee "$OUT/dev-$point-int8.txt"
+for point in $POINTS; do
+  quala eval --model "$MODEL" --runtime onnx-int8 --budget "$point" --output "$OUT/dev-$point-int8.json" \
+    | tee "$OUT/dev-$point-int8.txt"
 done
-python benchmarks/latency.py --model "$MODEL" --features 64 --repeats 3 --json "$OUT/latency.json" | tee "$OUT/latency.md"
+python benchmarks/latency.py --model "$MODEL" --features 64 --repeats 3 --eval-limit 300 --json "$OUT/latency.json" \
+  | tee "$OUT/latency.md"
+python benchmarks/load.py --model "$MODEL" --runtime onnx-int8 --seconds 8 --json "$OUT/load.json" | tee "$OUT/load.md"
+python benchmarks/tradeoff.py --model "$MODEL" --limit 500 --json "$OUT/tradeoff.json" --png "$OUT/tradeoff.png" \
+  | tee "$OUT/tradeoff.md"
+scripts/ship.sh "$MODEL"

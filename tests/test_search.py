@@ -151,5 +151,14 @@ def test_cli_search_and_report(model_dir, data_dir, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| point | length config | GMACs | speedup (GMACs) | latency (ms) | search F1 | dev F1 |" in out
     assert (model / "length_configs.png").is_file()
+    stale = json.loads((model / "length_configs.json").read_text())
+    for p in stale["configs"]:
+        p["latency_ms"] = 999.0
+    (model / "length_configs.json").write_text(json.dumps(stale))
+    assert main(["report", "--model", str(model), "--time", "--runtime", "torch", "--latency-features", "2",
+                 "--latency-repeats", "1"]) == 0
+    retimed = read_front(model)
+    assert all(0 < p.latency_ms < 999 and p.runtime == "torch-fp32" for p in retimed.configs)
+    assert [p.search_f1 for p in retimed.configs] == [p["search_f1"] for p in stale["configs"]]
     assert main(argv + ["--length-config", "0.5,0.5,0.5"]) == 2
     assert "drop --length-config" in capsys.readouterr().err
