@@ -3,14 +3,16 @@
 
 The GPU machine reaches nothing outside the repository and returns at most 64 MiB, so:
 
-  python scripts/gpu_train.py prepare            # here: .carry/ = backbone (fp16) + SQuAD (gzip), ~55 MiB
+  python scripts/gpu_train.py prepare            # here: .carry/ = backbone (fp16) + SQuAD (xz), ~55 MiB
   python scripts/gpu_train.py run --out $OUT     # there: stage 1, stage 2 sized to the time left, fp16 pieces
   python scripts/gpu_train.py unpack FETCHED runs/release-gpu   # here: a model directory again (fp32 safetensors)
 
 Measured on one H100 (2026-11-26, batch 32, bf16): stage 1 985 features/s (3 epochs in 4 min 13 s), LengthDrop
 204-282 features/s (sandwich of 4), i.e. about 5-7 minutes per LengthDrop epoch. To continue LengthDrop from the
-release model in a later lease: copy its weights to .carry/v1 in fp16 (as `prepare` does for the backbone), then
-`run --out $OUT --start-from v1 --lr-lengthdrop 3e-5` with carry [".carry/v1", ".carry/squad"].
+release model in a later lease: `prepare --start-from runs/v1/model`, then `run --out $OUT --start-from start
+--lr-lengthdrop 3e-5 --warmup-ratio 0.05` with carry [".carry/start", ".carry/squad"] (28 MiB beside the
+repository's 35, under the 64 MiB a call may send: the word embeddings come from the shipped graph, whose fp16
+table holds the same values).
 
 Stage 2's epochs are chosen from stage 1's measured throughput so that the run ends before --deadline; if it still
 runs late it gets SIGTERM, which `quala train` turns into a checkpoint, and the weights are taken from that.
@@ -18,7 +20,7 @@ runs late it gets SIGTERM, which `quala train` turns into a checkpoint, and the 
 from __future__ import annotations
 
 import argparse
-import gzip
+import lzma
 import io
 import json
 import os
@@ -35,27 +37,41 @@ from safetensors.torch import load, load_file, save, save_file
 ROOT = Path(__file__).resolve().parents[1]
 CARRY = ROOT / ".carry"
 PIECE = 15 * 1024 * 1024
+WORD_EMBEDDINGS = "bert.embeddings.word_embeddings.weight"
+SHIPPED = ROOT / "quala" / "models" / "quala-minilm" / "model.int8.onnx"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 
 
-def prepare() -> None:
+def prepare(start_from: Path | None = None) -> None:
+    """.carry/backbone (or, with start_from, .carry/start: that model without its word embeddings, which the
+    repository already carries in fp16 inside the shipped INT8 graph) and .carry/squad."""
     sys.path.insert(0, str(ROOT))
     from quala.config import backbone_dir, squad_path
-    backbone = CARRY / "backbone"
-    backbone.mkdir(parents=True, exist_ok=True)
-    src = backbone_dir()
+    src = start_from or backbone_dir()
+    dest = CARRY / ("start" if start_from else "backbone")
+    dest.mkdir(parents=True, exist_ok=True)
     for name in ("config.json",) + TOKENIZER_FILES:
         if (src / name).exists():
-            shutil.copy(src / name, backbone / name)
-    save_file({k: v.half() for k, v in load_file(str(src / "model.safetensors")).items()},
-              str(backbone / "model.safetensors"))
+            shutil.copy(src / name, dest / name)
+    weights = {k: v.half() for k, v in load_file(str(src / "model.safetensors")).items()}
+    if start_from:
+        weights.pop(WORD_EMBEDDINGS)
+    save_file(weights, str(dest / "model.safetensors"))
     squad = CARRY / "squad"
     squad.mkdir(exist_ok=True)
     for split in ("train", "dev"):
-        with open(squad_path(split), "rb") as f, gzip.open(squad / f"{split}-v1.1.json.gz", "wb") as g:
+        with open(squad_path(split), "rb") as f, lzma.open(squad / f"{split}-v1.1.json.xz", "wb") as g:
             shutil.copyfileobj(f, g)
     size = sum(p.stat().st_size for p in CARRY.rglob("*") if p.is_file())
     print(f"{CARRY}: {size / 2**20:.1f} MiB")
+
+
+def shipped_word_embeddings() -> torch.Tensor:
+    """The fp16 word-embedding table of the shipped INT8 graph (quantize --embeddings fp16), as fp32."""
+    import onnx
+    from onnx import numpy_helper
+    table = next(i for i in onnx.load(str(SHIPPED)).graph.initializer if i.name.endswith("_fp16"))
+    return torch.from_numpy(numpy_helper.to_array(table).astype("float32"))
 
 
 def train(args, stage: str, init: Path, out: Path, epochs: float, lr: float, timeout: float, log: Path) -> int:
@@ -114,7 +130,8 @@ def run(args) -> None:
     squad = CARRY / "shared" / "data" / "squad"
     squad.mkdir(parents=True, exist_ok=True)
     for split in ("train", "dev"):
-        with gzip.open(CARRY / "squad" / f"{split}-v1.1.json.gz") as g, open(squad / f"{split}-v1.1.json", "wb") as f:
+        with lzma.open(CARRY / "squad" / f"{split}-v1.1.json.xz") as g, open(squad / f"{split}-v1.1.json",
+                                                                           "wb") as f:
             shutil.copyfileobj(g, f)
     os.environ.update(QUALA_SHARED=str(CARRY / "shared"), PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1",
                       TQDM_MININTERVAL="10", PYTHONUNBUFFERED="1")
@@ -125,8 +142,10 @@ def run(args) -> None:
             out / "finetune.log", out / "lengthdrop.log"]
     if args.start_from:  # continue LengthDrop from a model carried in fp16 (a second, shorter call)
         ft = CARRY / args.start_from
-        save_file({k: v.float() for k, v in load_file(str(ft / "model.safetensors")).items()},
-                  str(ft / "model.safetensors"))
+        weights = {k: v.float() for k, v in load_file(str(ft / "model.safetensors")).items()}
+        if WORD_EMBEDDINGS not in weights:
+            weights[WORD_EMBEDDINGS] = shipped_word_embeddings()
+        save_file(weights, str(ft / "model.safetensors"))
         rate, features_per_epoch = args.lengthdrop_rate * args.lengthdrop_cost, args.features_per_epoch
     else:
         rc = train(args, "finetune", CARRY / "backbone", ft, args.epochs_finetune, args.lr_finetune,
@@ -143,7 +162,8 @@ def run(args) -> None:
     epochs = min(args.max_epochs_lengthdrop, budget * rate / args.lengthdrop_cost / features_per_epoch)
     epochs = round(max(0.05, epochs), 2)
     print(f"stage 1: {rate:.0f} features/s; stage 2: {epochs} epochs in about {budget:.0f}s", flush=True)
-    rc = train(args, "lengthdrop", ft, ld, epochs, args.lr_lengthdrop, left() - args.reserve / 2, out / "lengthdrop.log")
+    rc = train(args, "lengthdrop", ft, ld, epochs, args.lr_lengthdrop, left() - args.reserve / 2,
+               out / "lengthdrop.log")
     print(f"lengthdrop rc={rc} after {time.monotonic() - start:.0f}s", flush=True)
     subprocess.run(["tail", "-c", "1500", str(out / "lengthdrop.log")])
     pack(final_weights(ld, ft), out, logs)
@@ -173,7 +193,9 @@ def unpack(fetched: Path, dest: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("prepare", help="write .carry/ (backbone in fp16, SQuAD gzipped) for the device call")
+    pr = sub.add_parser("prepare", help="write .carry/ (backbone in fp16, SQuAD in xz) for the device call")
+    pr.add_argument("--start-from", type=Path, default=None, help="a trained model directory to continue "
+                    "LengthDrop from (written to .carry/start without its word embeddings; run --start-from start)")
     r = sub.add_parser("run", help="train both stages within --deadline seconds and pack the result into --out")
     r.add_argument("--out", required=True, help="folder that comes back ($OUT)")
     r.add_argument("--deadline", type=float, default=540, help="seconds from start to packed result (default 540)")
@@ -198,7 +220,7 @@ def main() -> None:
     u.add_argument("dest", type=Path)
     args = p.parse_args()
     if args.command == "prepare":
-        prepare()
+        prepare(args.start_from)
     elif args.command == "run":
         run(args)
     else:

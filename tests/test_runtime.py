@@ -111,7 +111,8 @@ def test_compressed_embeddings_shrink_the_file_and_still_answer(onnx_dir, tmp_pa
                                                                 rounding):
     path = quantize_model(onnx_dir, "dynamic", tmp_path / f"{dtype}.onnx", embeddings=dtype)
     inits = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
-    original = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(str(onnx_dir / "model.onnx")).graph.initializer}
+    original = {i.name: onnx.numpy_helper.to_array(i)
+                for i in onnx.load(str(onnx_dir / "model.onnx")).graph.initializer}
     name = next(k for k, v in original.items() if v.shape[0] == 30522)
     stored = inits[f"{name}_{dtype}"]
     assert stored.dtype == {"fp16": np.float16, "int8": np.int8}[dtype] and name not in inits
