@@ -1,0 +1,32 @@
+"""scripts/gpu_train.py: the model leaves the GPU machine in fp16 pieces and comes back as a loadable directory."""
+import importlib.util
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from quala.modeling import QualaForQuestionAnswering
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_train.py"
+spec = importlib.util.spec_from_file_location("gpu_train", SCRIPT)
+gpu_train = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(gpu_train)
+
+
+def test_pack_then_unpack_gives_the_model_back_in_fp16_precision(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu_train, "PIECE", 100_000)  # several pieces even for the tiny model
+    fetched = tmp_path / "out"
+    fetched.mkdir()
+    (tmp_path / "log.jsonl").write_text('{"step": 1}\n')
+    gpu_train.pack(tiny_model_dir, fetched, [tmp_path / "log.jsonl", tmp_path / "missing.json"])
+    pieces = sorted(fetched.glob("weights.fp16.part*"))
+    assert len(pieces) > 2 and all(p.stat().st_size <= 100_000 for p in pieces)
+    gpu_train.unpack(fetched, tmp_path / "back")
+    model_dir = next(p.parent for p in (tmp_path / "back").rglob("model.safetensors"))
+    original = load_file(str(tiny_model_dir / "model.safetensors"))
+    returned = load_file(str(model_dir / "model.safetensors"))
+    assert original.keys() == returned.keys()
+    for k in original:
+        assert returned[k].dtype == torch.float32 and torch.equal(returned[k], original[k].half().float()), k
+    QualaForQuestionAnswering.from_pretrained(model_dir)  # loads as a model directory
+    assert (tmp_path / "back" / "log.jsonl").is_file()
