@@ -32,7 +32,7 @@ from quala.evaluate import TorchPredictor, evaluate
 from quala.files import read_json, write_json_atomic
 from quala.flops import mean_gmacs
 from quala.modeling import ModelConfig, QualaForQuestionAnswering, load_tokenizer
-from quala.runtime import OnnxPredictor
+from quala.runtime import DISABLED_FUSIONS, OnnxPredictor
 
 
 class HFTorch:
@@ -51,11 +51,12 @@ class HFTorch:
 class HFOnnx:
     """A plain Hugging Face-style ONNX export (three inputs, two outputs) in ONNX Runtime."""
 
-    def __init__(self, path: Path, threads: int):
+    def __init__(self, path: Path, threads: int, disabled_optimizers: tuple[str, ...] = ()):
         import onnxruntime as ort
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+                                            disabled_optimizers=list(disabled_optimizers))
 
     def __call__(self, batch, length_config):
         feed = {k: batch[k].numpy() for k in ("input_ids", "attention_mask", "token_type_ids")}
@@ -183,6 +184,8 @@ def build_rows(args, model_dir: Path, config: ModelConfig, scratch: Path) -> lis
                 BertForQuestionAnswering.from_pretrained(str(model_dir))), lc=None),
             dict(name="MiniLM full, ORT quantize_dynamic (plain HF export)",
                  predictor=hf_dynamic_int8(model_dir, scratch, args.threads), lc=None),
+            dict(name="MiniLM full, same, ORT SkipLayerNormFusion off (quala's session setting)",
+                 predictor=HFOnnx(scratch / "hf.int8.onnx", args.threads, DISABLED_FUSIONS), lc=None),
             dict(name="quala fp32 PyTorch", predictor=TorchPredictor(model), lc=None),
             dict(name="quala bf16 PyTorch autocast", predictor=TorchPredictor(model, torch.bfloat16), lc=None),
             dict(name="quala INT8 ORT", predictor=int8, lc=None, int8=True)]
@@ -242,7 +245,7 @@ def markdown(results: list[dict], peak: float) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, default=None, help="quala model directory (default: the released model)")
     p.add_argument("--features", type=int, default=64, help="dev features timed (default 64)")
@@ -255,12 +258,13 @@ def main() -> None:
     p.add_argument("--no-static", dest="static", action="store_false",
                    help="skip the static QDQ INT8 row (it calibrates on SQuAD train features first)")
     p.add_argument("--json", type=Path, default=Path("latency.json"), help="results file (default latency.json)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     try:
         run(args)
     except QualaError as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        return 2
+    return 0
 
 
 def run(args) -> None:
@@ -298,4 +302,4 @@ def run(args) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,8 +1,9 @@
 """ONNX export: one graph for every length configuration.
 
 The graph takes the tokens each layer keeps as a runtime input, `token_counts` (batch, layers), the output of
-`LengthConfig.token_counts(seq_lens)`; full length is `token_counts = seq_lens` at every layer. The TopK and the
-slice after it are sized by that input, so switching configuration never needs a new graph.
+`LengthConfig.token_counts(seq_lens)`; full length is `token_counts = seq_lens` at every layer. Each layer's TopK is
+sized by that input, so switching configuration never needs a new graph. Reshapes, row gathers and the restore
+scatter export as single nodes (quala.onnx_ops), so the graph carries little shape bookkeeping.
 """
 from __future__ import annotations
 

@@ -25,6 +25,7 @@ from torch import nn
 
 from quala.config import LengthConfig, QualaError
 from quala.files import atomic_write, read_json
+from quala.onnx_ops import exporting, gather_rows, reshape, scatter_rows, top_slots
 
 
 @dataclass
@@ -113,24 +114,26 @@ class Layer(nn.Module):
         positions while every layer ranks by position: slots then stay in position order).
         Returns the new states, their validity and, when tokens were dropped, the slots kept (B, k).
         """
-        b, k, h = x.shape
+        h = self.attn_out.in_features  # a Python int: reshape targets must be constants in the graph
         d = h // self.heads
-        q, kk, v = (lin(x).view(b, k, self.heads, d).transpose(1, 2) for lin in (self.query, self.key, self.value))
+        q, kk, v = (reshape(lin(x), (0, -1, self.heads, d)).transpose(1, 2)
+                    for lin in (self.query, self.key, self.value))
         scores = q @ kk.transpose(-1, -2) / math.sqrt(d)
         scores = mask_scores(scores, valid)
         probs = scores.softmax(-1)
-        context = (self.attn_dropout(probs) @ v).transpose(1, 2).reshape(b, k, h)
+        context = reshape((self.attn_dropout(probs) @ v).transpose(1, 2), (0, -1, h))
         slots = None
         if keep is not None:
             if ranking == "position":  # lower slot, higher rank
-                significance = -torch.arange(k, device=x.device, dtype=torch.float32).expand(b, k)
+                k = x.shape[1]
+                significance = -torch.arange(k, device=x.device, dtype=torch.float32).expand(x.shape[0], k)
                 significance = significance.masked_fill(~valid, -float(k + 1))
             else:  # attention received by each token: summed over heads and (real) query positions
                 significance = attention_received(probs, valid).float()
                 significance = significance.masked_fill(~valid, -1.0)
-            significance[:, 0] = float("inf")  # slot 0 is always [CLS]
-            # k as a tensor slice bound: the ONNX exporter traces it as a runtime value, not a constant
-            slots = descending_order(significance)[:, : keep.max()]
+            significance = F.pad(significance[:, 1:], (1, 0), value=float("inf"))  # slot 0 is always [CLS]
+            # k as a tensor: the ONNX exporter traces it as a runtime value (TopK's k), not a constant
+            slots = top_slots(significance, keep.max())
             valid = torch.arange(slots.shape[1], device=x.device)[None, :] < keep[:, None]
             x, context = gather_rows(x, slots), gather_rows(context, slots)
         x = self.attn_norm(x + self.dropout(self.attn_out(context)))
@@ -142,45 +145,24 @@ def mask_scores(scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Attention scores with padded keys at the lowest float. The exported graph adds the mask instead of
     selecting (ONNX Runtime's broadcasting Where is slow); the softmax is the same (exp underflows to 0)."""
     low = torch.finfo(scores.dtype).min
-    if torch.onnx.is_in_onnx_export():
-        return scores + (~valid[:, None, None, :]).to(scores.dtype) * low
+    if exporting():
+        return scores + reshape((1.0 - valid.to(scores.dtype)) * low, (0, 1, 1, -1))
     return scores.masked_fill(~valid[:, None, None, :], low)
 
 
 def attention_received(probs: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """(B, K): attention each key got, summed over heads and real queries. Exported as a MatMul with the query
     mask (ONNX Runtime's broadcast Mul + ReduceSum over (B, heads, K, K) is slow); equal up to rounding."""
-    if torch.onnx.is_in_onnx_export():
-        return (valid.to(probs.dtype)[:, None, None, :] @ probs).sum(dim=(1, 2))
+    if exporting():
+        return (reshape(valid.to(probs.dtype), (0, 1, 1, -1)) @ probs).sum(dim=(1, 2))
     return (probs * valid[:, None, :, None]).sum(dim=(1, 2))
 
 
-def gather_rows(x: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
-    """x (B, N, H) at slots (B, k) -> (B, k, H), as whole-row copies (one Gather in ONNX, not GatherElements)."""
-    b, n, h = x.shape
-    rows = torch.arange(b, device=x.device)[:, None] * n + slots
-    return x.reshape(b * n, h)[rows]
-
-
-def restore_rows(full: torch.Tensor, index: torch.Tensor, valid: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """full (B, N, H) with row index[b, j] set to x[b, j] where valid[b, j]. Invalid slots write to a scratch row
-    that is dropped, so the graph needs no per-element select (one ScatterND of whole rows in ONNX)."""
-    b, n, h = full.shape
-    rows = torch.arange(b, device=full.device)[:, None] * n + index
-    rows = torch.where(valid, rows, torch.full_like(rows, b * n))
-    flat = torch.cat([full.reshape(b * n, h), full.new_zeros(1, h)])
-    return flat.index_put((rows.reshape(-1),), x.reshape(-1, h))[: b * n].view(b, n, h)
-
-
-def descending_order(scores: torch.Tensor) -> torch.Tensor:
-    """Positions (B, K) by descending score, ties broken by position: the same tokens on every backend.
-
-    Eager PyTorch uses a stable sort. ONNX has no stable sort (the exporter rejects it), but ONNX TopK breaks
-    ties by the lower index, which is the same order, so the exported graph uses a full-length TopK.
-    """
-    if torch.onnx.is_in_onnx_export():
-        return torch.topk(scores, scores.shape[1], dim=1).indices
-    return scores.sort(dim=1, descending=True, stable=True).indices
+def restore_rows(flat: torch.Tensor, rows: torch.Tensor, valid: torch.Tensor, x: torch.Tensor, scratch: torch.Tensor
+                 ) -> torch.Tensor:
+    """flat (B*N + 1, H) with flat[rows[b, j]] = x[b, j] where valid[b, j]. An invalid slot (a token that another
+    sequence of the batch kept) writes to row `scratch` (the last), which is dropped at the end: no select over rows."""
+    return scatter_rows(flat, torch.where(valid, rows, scratch), x)
 
 
 class QualaForQuestionAnswering(nn.Module):
@@ -223,23 +205,27 @@ class QualaForQuestionAnswering(nn.Module):
             length_config.check(len(self.layers), self.config.max_seq_length)
             token_counts = length_config.token_counts(seq_lens)
         x = self.embed(input_ids, token_type_ids)
-        full, index = x, None  # index: the position in the full sequence of each slot, once tokens are dropped
-        kept = []
+        b, n, h = x.shape[0], x.shape[1], self.config.hidden_size
+        full, rows = x, None  # rows: each slot's row in full, flattened to rows once tokens are dropped
+        current, kept = seq_lens, []
         for i, layer in enumerate(self.layers):
-            current = valid.sum(1)
             if i in skip_layers:
                 kept.append(current)
                 continue
             keep = None if token_counts is None else torch.minimum(token_counts[:, i], current)
             x, valid, slots = layer(x, valid, keep, ranking)
             if slots is not None:
-                index = slots if index is None else index.gather(1, slots)
-            if index is not None:  # restore: write the kept tokens' new states back into the full sequence
-                full = restore_rows(full, index, valid, x)
-            else:
-                full = x
-            kept.append(valid.sum(1))
-        logits = self.qa_outputs(full)
+                if rows is None:  # first drop: full becomes (B*N + 1, H), its last row a scratch row
+                    rows = torch.arange(b, device=x.device)[:, None] * n + slots
+                    scratch = torch.as_tensor(b * n, device=x.device)
+                    full = torch.cat([reshape(full, (-1, h)), full.new_zeros(1, h)])
+                else:
+                    rows = rows.gather(1, slots)
+                current = keep  # the layer kept exactly `keep` real tokens
+            # restore: write the kept tokens' new states back into the full sequence
+            full = x if rows is None else restore_rows(full, rows, valid, x, scratch)
+            kept.append(current)
+        logits = self.qa_outputs(full if rows is None else full[:-1].view(b, n, h))
         return QAOutput(logits[..., 0], logits[..., 1], torch.stack(kept, dim=1))
 
     # ---- Hugging Face-style directories -------------------------------------------------------------------
