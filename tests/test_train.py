@@ -79,6 +79,15 @@ def test_resume_continues_exactly(tiny_model_dir, data_dir, tmp_path):
         assert torch.allclose(a, b, atol=1e-6), name
 
 
+def test_resume_with_fewer_max_steps_ends_the_schedule_sooner(tiny_model_dir, data_dir, tmp_path):
+    """A run that must end sooner: --resume --max-steps N decays the learning rate to zero at step N."""
+    first = make_trainer(tiny_model_dir, data_dir, tmp_path, "lengthdrop", max_steps=10, stop_after_steps=3)
+    assert not first.run()
+    shorter = make_trainer(tiny_model_dir, data_dir, tmp_path, "lengthdrop", max_steps=5, resume=True)
+    shorter.run()
+    assert shorter.step == 5 and shorter.scheduler.get_last_lr()[0] == 0.0
+
+
 def test_teacher_pulls_student_toward_its_logits(tiny_model_dir, data_dir, tmp_path, tokenizer):
     from tests.conftest import tiny_config
     torch.manual_seed(1)
