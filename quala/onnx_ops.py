@@ -42,7 +42,7 @@ class _GatherRows(torch.autograd.Function):
 class _ScatterRows(torch.autograd.Function):
     @staticmethod
     def forward(ctx, flat, rows, updates):
-        return flat.index_put((rows,), updates)
+        return _scatter_rows(flat, rows, updates)
 
     @staticmethod
     def symbolic(g, flat, rows, updates):
@@ -52,7 +52,7 @@ class _ScatterRows(torch.autograd.Function):
 class _TopSlots(torch.autograd.Function):
     @staticmethod
     def forward(ctx, scores, k):
-        return scores.sort(dim=1, descending=True, stable=True).indices[:, : int(k)]
+        return _top_slots(scores, k)
 
     @staticmethod
     def symbolic(g, scores, k):
@@ -83,10 +83,18 @@ def _gather_rows(x: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
 
 def scatter_rows(flat: torch.Tensor, rows: torch.Tensor, updates: torch.Tensor) -> torch.Tensor:
     """A copy of flat (M, H) with flat[rows[i, j]] = updates[i, j] (rows unique): one ONNX ScatterND."""
-    return _ScatterRows.apply(flat, rows, updates) if exporting() else flat.index_put((rows,), updates)
+    return _ScatterRows.apply(flat, rows, updates) if exporting() else _scatter_rows(flat, rows, updates)
+
+
+def _scatter_rows(flat: torch.Tensor, rows: torch.Tensor, updates: torch.Tensor) -> torch.Tensor:
+    return flat.index_put((rows,), updates)
 
 
 def top_slots(scores: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """Positions (B, k) of the k highest scores per row, best first, ties broken by the lower position: the same
     tokens on every backend. Eager PyTorch uses a stable sort; ONNX TopK orders ties by the lower index too."""
-    return _TopSlots.apply(scores, k) if exporting() else _TopSlots.forward(None, scores, k)
+    return _TopSlots.apply(scores, k) if exporting() else _top_slots(scores, k)
+
+
+def _top_slots(scores: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    return scores.sort(dim=1, descending=True, stable=True).indices[:, : int(k)]
