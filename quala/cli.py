@@ -176,7 +176,8 @@ def cmd_search(args) -> None:
     predictor, tokenizer, _, _, model_dir = load_predictor(args)
     s = SearchSettings(population=args.population, iterations=args.iterations, mutations=args.mutations,
                        crossovers=args.crossovers, mutation_prob=args.mutation_prob, seed=args.seed,
-                       min_ratio=args.min_ratio, step=args.step, limit=args.limit, dev_limit=args.dev_limit,
+                       min_ratio=args.min_ratio, step=args.step, limit=args.limit,
+                       confirm_limit=args.confirm_limit, dev_limit=args.dev_limit,
                        train_file=str(args.train_file or ""), dev_file=str(args.dev_file or ""),
                        heldout_fraction=args.heldout_fraction, batch_size=args.batch_size, latency=args.latency,
                        latency_features=args.latency_features, latency_repeats=args.latency_repeats,
@@ -230,6 +231,9 @@ def add_search_parsers(sub) -> None:
     a("--min-ratio", type=float, default=0.05, help="smallest ratio of tokens a layer may keep (default 0.05)")
     a("--step", type=float, default=0.01, help="ratios are multiples of this (default 0.01)")
     a("--limit", type=int, default=None, help="score on the first N questions of the search split (default all)")
+    a("--confirm-limit", type=int, default=2000, help="score the front again on the N held-out questions after "
+      "the first --limit (default 2000; 0: no) and choose names and budgets by that larger sample: a few hundred "
+      "questions rank points within a point of F1 of each other noisily")
     a("--dev-limit", type=int, default=None, help="report the front on the first N dev questions (default all)")
     a("--train-file", type=Path, default=None, help="SQuAD v1.1 train JSON whose held-out articles are scored "
       "(default: the model's training file, else the shared train set)")

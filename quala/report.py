@@ -16,22 +16,24 @@ def markdown_table(front: Front) -> str:
     names: dict[str, str] = {}
     for label, name in front.named.items():
         names[name] = f"{names[name]}, {label}" if name in names else label
-    rows = ["| point | length config | GMACs | speedup (GMACs) | latency (ms) | search F1 | dev F1 |",
-            "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    rows = ["| point | length config | GMACs | speedup (GMACs) | latency (ms) | search F1 | confirmed F1 | dev F1 |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     points: list[FrontPoint] = front.configs + ([front.full] if front.full else [])
     for p in points:
         label = p.name + (f" ({names[p.name]})" if p.name in names else "")
         rows.append(f"| {label} | {p.length_config or 'full'} | {p.gmacs:.3f} | {p.speedup_gmacs:.2f}x | "
-                    f"{fmt(p.latency_ms, '.2f')} | {p.search_f1:.2f} | {fmt(p.dev_f1, '.2f')} |")
+                    f"{fmt(p.latency_ms, '.2f')} | {p.search_f1:.2f} | {fmt(p.confirm_f1, '.2f')} | "
+                    f"{fmt(p.dev_f1, '.2f')} |")
     runtime = front.full.runtime if front.full else None
     if runtime:
-        rows.append(f"\nGMACs per dev feature (mean); latency per feature at batch 1 on {runtime}; search F1 on "
-                    f"held-out training articles, dev F1 on the official dev set.")
+        rows.append(f"\nGMACs per dev feature (mean); latency per feature at batch 1 on {runtime}; search and "
+                    f"confirmed F1 on held-out training articles (disjoint samples; names and budgets go by the "
+                    f"confirmed F1 where there is one), dev F1 on the official dev set.")
     return "\n".join(rows)
 
 
 def plot_front(front: Front, path: str | os.PathLike) -> None:
-    """PNG: every scored configuration (grey) and the front (search and dev F1) against GMACs; the front's dev F1
+    """PNG: every scored configuration (grey) and the front (search, confirmed and dev F1) against GMACs; the front's dev F1
     against latency when it was measured."""
     import matplotlib
     matplotlib.use("Agg")
@@ -44,6 +46,9 @@ def plot_front(front: Front, path: str | os.PathLike) -> None:
                    s=8, color="0.75", label="searched (search F1)")
     ax.plot([p.search_gmacs or p.gmacs for p in front.configs], [p.search_f1 for p in front.configs], "o-",
             color="tab:blue", label="front (search F1)")
+    if all(p.confirm_f1 is not None for p in front.configs):
+        ax.plot([p.search_gmacs or p.gmacs for p in front.configs], [p.confirm_f1 for p in front.configs], "^:",
+                color="tab:green", label="front (confirmed F1)")
     if all(p.dev_f1 is not None for p in front.configs):
         ax.plot([p.gmacs for p in front.configs], [p.dev_f1 for p in front.configs], "s--", color="tab:orange",
                 label="front (dev F1)")

@@ -5,7 +5,9 @@ Configurations are ratios, one per layer, monotone non-increasing, on a grid of 
 population spread over cost; each later generation adds `mutations` mutants and `crossovers` children of random
 parents on the current Pareto front (cost = GMACs per feature, from quala.flops), and the front is recomputed over
 everything scored so far. Scores are F1 on held-out training articles (quala.data.split_articles), never on the
-dev set; the dev set only reports the final front. Every score is cached on disk (a configuration is never scored
+dev set; the dev set only reports the final front. The front's points are then scored once more on a larger
+held-out sample disjoint from the search's (`confirm_limit` questions), and names and budgets choose by that
+score: a few hundred search questions rank points within a point of F1 of each other noisily. Every score is cached on disk (a configuration is never scored
 twice) and the generation counter and random state are saved after each generation, so an interrupted search
 resumes where it stopped.
 """
@@ -32,6 +34,7 @@ from quala.modeling import ModelConfig
 CACHE_FILE = "search_cache.json"
 STATE_FILE = "search_state.json"
 DEV_CACHE_FILE = "search_dev_cache.json"
+CONFIRM_CACHE_FILE = "search_confirm_cache.json"
 
 
 @dataclass
@@ -45,6 +48,7 @@ class SearchSettings:
     min_ratio: float = 0.05  # the smallest ratio any layer may keep
     step: float = 0.01  # ratios are multiples of this
     limit: int | None = None  # questions of the search split scored (default all)
+    confirm_limit: int = 2000  # held-out questions after the first `limit` that re-score the front (0: none)
     dev_limit: int | None = None  # dev questions the front is reported on (default all)
     train_file: str = ""  # default: the model's training file, else the shared SQuAD train set
     dev_file: str = ""  # default: the shared SQuAD dev set
@@ -249,8 +253,10 @@ def weights_digest(model_dir: Path, predictor: Predictor) -> str:
     return f"{path.name}:{h.hexdigest()[:16]}"
 
 
-def search_split(model_config: ModelConfig, s: SearchSettings) -> tuple[list[Example], dict]:
-    """The held-out training articles the model was not trained on, as training split them, and where from."""
+def search_split(model_config: ModelConfig, s: SearchSettings, confirm: bool = False
+                 ) -> tuple[list[Example], dict]:
+    """The held-out training articles the model was not trained on, as training split them, and where from: the
+    first `limit` questions (the search's), or with `confirm` the `confirm_limit` questions after them."""
     trained = (model_config.extra or {}).get("train_config", {})
     train_file = s.train_file or trained.get("train_file") or str(squad_path("train"))
     fraction = s.heldout_fraction if s.heldout_fraction is not None else trained.get("heldout_fraction", 0.05)
@@ -258,9 +264,13 @@ def search_split(model_config: ModelConfig, s: SearchSettings) -> tuple[list[Exa
     _, heldout = split_articles(load_squad(train_file, limit=train_limit), fraction)
     if not heldout:
         raise QualaError(f"{train_file}: the held-out split is empty (heldout fraction {fraction})")
-    heldout = heldout[: s.limit] if s.limit else heldout
+    if confirm:
+        heldout = heldout[s.limit: s.limit + s.confirm_limit] if s.limit and s.confirm_limit > 0 else []
+    else:
+        heldout = heldout[: s.limit] if s.limit else heldout
     return heldout, {"train_file": str(train_file), "train_limit": train_limit, "heldout_fraction": fraction,
-                     "limit": s.limit, "questions": len(heldout)}
+                     "limit": s.limit, "questions": len(heldout)} | ({"confirm_limit": s.confirm_limit}
+                                                                     if confirm else {})
 
 
 def run_search(model_dir: str | os.PathLike, s: SearchSettings, predictor: Predictor | None = None,
@@ -283,9 +293,14 @@ def run_search(model_dir: str | os.PathLike, s: SearchSettings, predictor: Predi
                     s.batch_size)
     front_keys = evolve(scorer, config.num_hidden_layers, s, work / STATE_FILE, fingerprint)
     full = scorer.score("full")
-    front = report_on_dev(predictor, tokenizer, config, scorer, front_keys, full, s, runtime, work)
+    confirm_examples, confirm_data = search_split(config, s, confirm=True)
+    confirmer = Scorer(predictor, tokenizer, config, confirm_examples,
+                       ScoreCache(work / CONFIRM_CACHE_FILE, {**fingerprint, **confirm_data}),
+                       s.batch_size) if confirm_examples else None
+    front = report_on_dev(predictor, tokenizer, config, scorer, confirmer, front_keys, full, s, runtime, work)
     front.info = {"model": str(model_dir), "runtime": runtime, "search": {**data, **{
         k: getattr(s, k) for k in SearchSettings.EVOLUTION_KEYS + ("iterations",)}},
+        "confirm": {"questions": confirm_data["questions"], "after": s.limit} if confirmer else None,
         "dev_file": s.dev_file or str(squad_path("dev")), "dev_limit": s.dev_limit, "work_dir": str(work),
         "evaluations": len(scorer.cache.scores)}
     write_front(front_path(model_dir), front)
@@ -294,9 +309,10 @@ def run_search(model_dir: str | os.PathLike, s: SearchSettings, predictor: Predi
     return front
 
 
-def report_on_dev(predictor: Predictor, tokenizer, config: ModelConfig, scorer: Scorer, front_keys: list[str],
-                  full: dict, s: SearchSettings, runtime: str, work: Path) -> Front:
-    """Dev EM/F1 (cached), dev GMACs and, with s.latency, batch-1 latency of the front and the full length."""
+def report_on_dev(predictor: Predictor, tokenizer, config: ModelConfig, scorer: Scorer, confirmer: Scorer | None,
+                  front_keys: list[str], full: dict, s: SearchSettings, runtime: str, work: Path) -> Front:
+    """Dev EM/F1 (cached), dev GMACs, the confirmation sample's F1 and, with s.latency, batch-1 latency of the
+    front and the full length."""
     dev = load_squad(s.dev_file or squad_path("dev"), limit=s.dev_limit)
     dev_cache = ScoreCache(work / DEV_CACHE_FILE, {"model": scorer.cache.fingerprint["model"], "runtime": runtime,
                                                    "dev_file": str(s.dev_file or squad_path("dev")),
@@ -311,8 +327,9 @@ def report_on_dev(predictor: Predictor, tokenizer, config: ModelConfig, scorer: 
         d = dev_scorer.score(k)
         gmacs = flops.mean_gmacs(config, lc, dev_scorer.lengths)
         latency = measure_latency(predictor, sample, lc, s.latency_repeats) if s.latency else None
+        confirm_f1 = confirmer.score(k)["f1"] if confirmer else None
         return FrontPoint(name, lc, gmacs, full_gmacs / gmacs, search["f1"], search["gmacs"], d["em"], d["f1"],
-                          latency, runtime)
+                          latency, runtime, confirm_f1)
 
     points = [point(f"p{i}", k, scorer.score(k))
               for i, k in enumerate(tqdm(front_keys, desc="dev", unit="config", disable=not s.progress))]

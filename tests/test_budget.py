@@ -32,6 +32,17 @@ def test_budget_picks_the_most_accurate_point_that_fits(front, budget, expected)
     assert select(front, budget).name == expected
 
 
+def test_confirmed_f1_outranks_the_search_f1(front):
+    front.configs[1].confirm_f1, front.configs[2].confirm_f1 = 76.0, 79.0  # p1's 79.5 was the search's luck
+    front.configs[0].confirm_f1 = 70.0
+    front.named = name_points(front.configs)
+    assert front.named == {"fastest": "p0", "balanced": "p2", "accurate": "p2"}
+    assert select(front, "2x").name == "p1" and select(front, "1x").name == "p2"
+    front.configs[0].confirm_f1 = 78.5
+    assert select(front, "1x").name == "p2" and name_points(front.configs)["balanced"] == "p0"
+    assert "confirmed F1 78.50" in front.configs[0].describe()
+
+
 @pytest.mark.parametrize("budget", ["0.5GMACs", "4.5x", "4ms"])
 def test_impossible_budget_names_the_cheapest_point(front, budget):
     with pytest.raises(QualaError, match=r"no configuration in .* fits; the cheapest is p0 \[0.3,0.2,0.1\]"):

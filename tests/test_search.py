@@ -7,15 +7,15 @@ import pytest
 import torch
 
 import quala.search as search
-from quala.budget import read_front, select
+from quala.budget import name_points, read_front, select
 from quala.cli import main
 from quala.config import LengthConfig, QualaError
-from quala.modeling import QualaForQuestionAnswering
+from quala.modeling import ModelConfig, QualaForQuestionAnswering
 from quala.search import SearchSettings, crossover, initial_population, mutate, on_grid, pareto_front, run_search
 from tests.conftest import tiny_config
 
 SMALL = dict(population=5, iterations=2, mutations=3, crossovers=3, limit=6, dev_limit=4, heldout_fraction=0.5,
-             progress=False)
+             confirm_limit=0, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +97,26 @@ def test_search_finds_a_non_dominated_monotone_front_and_scores_each_config_once
     assert (model_dir / "length_configs.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_front_is_confirmed_on_the_held_out_questions_after_the_searchs(model_dir, data_dir, tmp_path, counted):
+    s = settings(data_dir, tmp_path, confirm_limit=5)
+    front = run_search(model_dir, s)
+    confirm_calls = [lc for n, lc in counted if n == 5]  # the 12 held-out questions: 6 searched, then 5 confirmed
+    assert sorted(confirm_calls) == sorted({str(p.length_config) for p in front.configs} | {"None"})
+    cache = json.loads((tmp_path / search.CONFIRM_CACHE_FILE).read_text())
+    assert cache["fingerprint"]["questions"] == 5 and cache["fingerprint"]["confirm_limit"] == 5
+    for p in front.configs:
+        assert p.confirm_f1 == cache["scores"][str(p.length_config)]["f1"] == p.selection_f1
+    assert front.named == name_points(front.configs) and read_front(model_dir).named == front.named
+    assert front.info["confirm"] == {"questions": 5, "after": 6}
+    counted.clear()
+    run_search(model_dir, s)  # resumed: nothing is scored again
+    assert counted == []
+    examples, _ = search.search_split(ModelConfig.from_dict(json.loads((model_dir / "config.json").read_text())),
+                                      s, confirm=True)
+    searched, _ = search.search_split(ModelConfig.from_dict(json.loads((model_dir / "config.json").read_text())), s)
+    assert not {e.id for e in examples} & {e.id for e in searched}
+
+
 class Interrupt(Exception):
     pass
 
@@ -149,7 +169,7 @@ def test_cli_search_and_report(model_dir, data_dir, tmp_path, capsys):
     (model / "length_configs.png").unlink()
     assert main(["report", "--model", str(model)]) == 0
     out = capsys.readouterr().out
-    assert "| point | length config | GMACs | speedup (GMACs) | latency (ms) | search F1 | dev F1 |" in out
+    assert "| point | length config | GMACs | speedup (GMACs) | latency (ms) | search F1 | confirmed F1 | dev F1 |" in out
     assert (model / "length_configs.png").is_file()
     stale = json.loads((model / "length_configs.json").read_text())
     for p in stale["configs"]:
