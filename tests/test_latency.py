@@ -20,6 +20,8 @@ def test_latency_table_on_a_tiny_model(tiny_model_dir, tmp_path, capsys):
     assert base["b1_speedup"] == 1.0 and base["b1_ms"] > 0
     plain = "MiniLM full, ORT quantize_dynamic (plain HF export)"
     assert plain in rows and any("SkipLayerNormFusion off" in name for name in rows)
+    assert any("micro-batches of" in name for name in rows)
+    assert rows["quala INT8 ORT, one run per batch (no micro-batches)"]["b32_ms"] > 0
     assert rows["quala INT8 ORT, 1,0.5,0.3"]["b32_ms"] > 0 and 0 <= rows["quala INT8 ORT"]["f1"] <= 100
     assert "| BERT-base fp32 PyTorch (random init) |" in capsys.readouterr().out
 

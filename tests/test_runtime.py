@@ -42,6 +42,26 @@ def test_int8_logits_follow_fp32(onnx_dir, features):
     assert np.corrcoef(int8_s[real], fp32_s[real])[0, 1] > 0.95
 
 
+@pytest.mark.parametrize("micro_batch", [1, 2, 3, 32])
+def test_micro_batches_match_one_run_of_the_whole_batch(onnx_dir, features, micro_batch):
+    features = sorted(features, key=len)  # rows of different lengths: each micro-batch is cut to its own width
+    b = collate(features)
+    config = load_predictor(onnx_dir, "onnx")[2]
+    whole = OnnxPredictor(onnx_dir / "model.onnx", config, micro_batch=len(features))
+    split = OnnxPredictor(onnx_dir / "model.onnx", config, micro_batch=micro_batch)
+    real = b["attention_mask"].bool().numpy()
+    for lc in (None, LengthConfig((0.7, 0.4, 0.2))):
+        expected, got = whole(b, lc), split(b, lc)
+        for e, g in zip(expected[:2], got[:2]):
+            assert g.shape == e.shape and np.allclose(g[real], e[real], atol=1e-4)
+        assert np.array_equal(got[2], expected[2])
+    first = int(real[:micro_batch].sum(1).max())  # the first micro-batch ran this wide
+    assert first < real.shape[1] or micro_batch >= len(features)
+    assert (split(b, None)[0][:micro_batch, first:] == -1e4).all()
+    with pytest.raises(QualaError, match="micro_batch must be at least 1, got 0"):
+        OnnxPredictor(onnx_dir / "model.onnx", config, micro_batch=0)
+
+
 def test_onnx_only_directory_answers(onnx_dir, tmp_path, capsys, data_dir):
     for name in ("config.json", "model.int8.onnx", "tokenizer.json", "tokenizer_config.json"):
         shutil.copy(onnx_dir / name, tmp_path / name)
