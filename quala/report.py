@@ -33,8 +33,8 @@ def markdown_table(front: Front) -> str:
 
 
 def plot_front(front: Front, path: str | os.PathLike) -> None:
-    """PNG: every scored configuration (grey) and the front (search, confirmed and dev F1) against GMACs; the front's dev F1
-    against latency when it was measured."""
+    """PNG: every scored configuration (grey) and the front (search, confirmed and dev F1) against GMACs; the
+    front's dev F1 against latency when it was measured."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -217,19 +217,21 @@ def evolve(scorer: Scorer, layers: int, s: SearchSettings, state_path: Path, fin
     return pareto_front(scorer.cache.scores)
 
 
-def measure_latency(predictor: Predictor, features: list[Feature], lc: LengthConfig | None, repeats: int) -> float:
-    """Milliseconds per feature at batch 1: each feature's median over repeats, averaged over the features."""
-    medians = []
-    for f in features:
-        batch = collate([f])
-        predictor(batch, lc)  # warm-up
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            predictor(batch, lc)
-            times.append(time.perf_counter() - t0)
-        medians.append(float(np.median(times)))
-    return 1000 * float(np.mean(medians))
+def measure_latencies(predictor: Predictor, features: list[Feature], lcs: list[LengthConfig | None], repeats: int,
+                      progress: bool = True) -> list[float]:
+    """Milliseconds per feature at batch 1 of each configuration: each feature's median over repeats, averaged over
+    the features. Configurations take turns on each feature, so a drifting machine slows them all alike."""
+    batches = [collate([f]) for f in features]
+    times = np.zeros((len(lcs), len(features), repeats))
+    for j, batch in enumerate(tqdm(batches, desc="time", unit="feature", disable=not progress, leave=False)):
+        for lc in lcs:
+            predictor(batch, lc)  # warm-up
+        for r in range(repeats):
+            for i, lc in enumerate(lcs):
+                t0 = time.perf_counter()
+                predictor(batch, lc)
+                times[i, j, r] = time.perf_counter() - t0
+    return (1000 * np.median(times, axis=2).mean(axis=1)).tolist()
 
 
 def runtime_name(predictor: Predictor) -> str:
@@ -312,7 +314,7 @@ def run_search(model_dir: str | os.PathLike, s: SearchSettings, predictor: Predi
 def report_on_dev(predictor: Predictor, tokenizer, config: ModelConfig, scorer: Scorer, confirmer: Scorer | None,
                   front_keys: list[str], full: dict, s: SearchSettings, runtime: str, work: Path) -> Front:
     """Dev EM/F1 (cached), dev GMACs, the confirmation sample's F1 and, with s.latency, batch-1 latency of the
-    front and the full length."""
+    front and the full length (timed together, see measure_latencies)."""
     dev = load_squad(s.dev_file or squad_path("dev"), limit=s.dev_limit)
     dev_cache = ScoreCache(work / DEV_CACHE_FILE, {"model": scorer.cache.fingerprint["model"], "runtime": runtime,
                                                    "dev_file": str(s.dev_file or squad_path("dev")),
@@ -326,16 +328,21 @@ def report_on_dev(predictor: Predictor, tokenizer, config: ModelConfig, scorer: 
         lc = LengthConfig.parse(k)
         d = dev_scorer.score(k)
         gmacs = flops.mean_gmacs(config, lc, dev_scorer.lengths)
-        latency = measure_latency(predictor, sample, lc, s.latency_repeats) if s.latency else None
         confirm_f1 = confirmer.score(k)["f1"] if confirmer else None
         return FrontPoint(name, lc, gmacs, full_gmacs / gmacs, search["f1"], search["gmacs"], d["em"], d["f1"],
-                          latency, runtime, confirm_f1)
+                          None, runtime, confirm_f1)
 
     points = [point(f"p{i}", k, scorer.score(k))
               for i, k in enumerate(tqdm(front_keys, desc="dev", unit="config", disable=not s.progress))]
     evaluated = [{"length_config": k, "search_gmacs": v["gmacs"], "search_f1": v["f1"]}
                  for k, v in scorer.cache.scores.items()]
-    return Front(points, point("full", "full", full), name_points(points), evaluated)
+    front = Front(points, point("full", "full", full), name_points(points), evaluated)
+    if s.latency:
+        timed = front.configs + [front.full]
+        for p, ms in zip(timed, measure_latencies(predictor, sample, [p.length_config for p in timed],
+                                                  s.latency_repeats, s.progress)):
+            p.latency_ms = ms
+    return front
 
 
 def retime_front(model_dir: str | os.PathLike, predictor: Predictor, tokenizer, repeats: int = 5,
@@ -355,8 +362,9 @@ def retime_front(model_dir: str | os.PathLike, predictor: Predictor, tokenizer, 
     pool = make_features(examples, tokenizer, config.max_seq_length, config.doc_stride, config.max_query_length)
     sample = [pool[i] for i in np.random.default_rng(0).permutation(len(pool))[:features]]
     runtime = runtime_name(predictor)
-    for p in tqdm(front.configs + ([front.full] if front.full else []), desc="time", unit="config"):
-        p.latency_ms, p.runtime = measure_latency(predictor, sample, p.length_config, repeats), runtime
+    timed = front.configs + ([front.full] if front.full else [])
+    for p, ms in zip(timed, measure_latencies(predictor, sample, [p.length_config for p in timed], repeats)):
+        p.latency_ms, p.runtime = ms, runtime
     front.info["timed"] = {"runtime": runtime, "features": len(sample), "repeats": repeats}
     write_front(front_path(model_dir), front)
     return front

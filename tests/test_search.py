@@ -1,4 +1,5 @@
 import json
+import time
 import shutil
 from pathlib import Path
 
@@ -182,3 +183,20 @@ def test_cli_search_and_report(model_dir, data_dir, tmp_path, capsys):
     assert [p.search_f1 for p in retimed.configs] == [p["search_f1"] for p in stale["configs"]]
     assert main(argv + ["--length-config", "0.5,0.5,0.5"]) == 2
     assert "drop --length-config" in capsys.readouterr().err
+
+
+def test_latencies_are_timed_with_configurations_taking_turns(tiny_model_dir, dev_examples, tokenizer):
+    from quala.data import make_features
+    calls = []
+
+    def predictor(batch, lc):  # records the order of the timed calls
+        calls.append(str(lc))
+        time.sleep(0.002 if lc is None else 0.0)
+        return None
+
+    features = make_features(dev_examples[:2], tokenizer, 128, 48)[:2]
+    lcs = [None, LengthConfig((0.5, 0.5, 0.5))]
+    ms = search.measure_latencies(predictor, features, lcs, repeats=3, progress=False)
+    assert len(ms) == 2 and ms[0] > 2 > ms[1]
+    per_feature = ["None", "0.5,0.5,0.5"] * 4  # warm-up of each, then 3 repeats taking turns
+    assert calls == per_feature * 2
