@@ -54,8 +54,11 @@ def prepare(start_from: Path | None = None) -> None:
         if (src / name).exists():
             shutil.copy(src / name, dest / name)
     weights = {k: v.half() for k, v in load_file(str(src / "model.safetensors")).items()}
-    if start_from:
-        weights.pop(WORD_EMBEDDINGS)
+    if start_from:  # the device takes them from the shipped graph: they must be this model's
+        table = weights.pop(WORD_EMBEDDINGS)
+        if not torch.equal(table, shipped_word_embeddings().half()):
+            raise SystemExit(f"{src}: its word embeddings differ from those of {SHIPPED}, which the GPU machine "
+                             f"would use instead; ship this model first (scripts/ship.sh {src})")
     save_file(weights, str(dest / "model.safetensors"))
     squad = CARRY / "squad"
     squad.mkdir(exist_ok=True)

@@ -2,6 +2,7 @@
 import importlib.util
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -30,3 +31,11 @@ def test_pack_then_unpack_gives_the_model_back_in_fp16_precision(tiny_model_dir,
         assert returned[k].dtype == torch.float32 and torch.equal(returned[k], original[k].half().float()), k
     QualaForQuestionAnswering.from_pretrained(model_dir)  # loads as a model directory
     assert (tmp_path / "back" / "log.jsonl").is_file()
+
+
+def test_prepare_refuses_a_start_model_whose_embeddings_the_device_would_not_get(tiny_model_dir, tmp_path,
+                                                                                  monkeypatch):
+    monkeypatch.setattr(gpu_train, "CARRY", tmp_path / "carry")
+    with pytest.raises(SystemExit, match=r"word embeddings differ from those of .* ship this model first"):
+        gpu_train.prepare(tiny_model_dir)
+    assert not (tmp_path / "carry" / "start" / "model.safetensors").exists()
