@@ -7,9 +7,9 @@ parents on the current Pareto front (cost = GMACs per feature, from quala.flops)
 everything scored so far. Scores are F1 on held-out training articles (quala.data.split_articles), never on the
 dev set; the dev set only reports the final front. The front's points are then scored once more on a larger
 held-out sample disjoint from the search's (`confirm_limit` questions), and names and budgets choose by that
-score: a few hundred search questions rank points within a point of F1 of each other noisily. Every score is cached on disk (a configuration is never scored
-twice) and the generation counter and random state are saved after each generation, so an interrupted search
-resumes where it stopped.
+score: a few hundred search questions rank points within a point of F1 of each other noisily. Every score is cached
+on disk (a configuration is never scored twice) and the generation counter and random state are saved after each
+generation, so an interrupted search resumes where it stopped.
 """
 from __future__ import annotations
 

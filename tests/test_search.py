@@ -170,7 +170,8 @@ def test_cli_search_and_report(model_dir, data_dir, tmp_path, capsys):
     (model / "length_configs.png").unlink()
     assert main(["report", "--model", str(model)]) == 0
     out = capsys.readouterr().out
-    assert "| point | length config | GMACs | speedup (GMACs) | latency (ms) | search F1 | confirmed F1 | dev F1 |" in out
+    assert ("| point | length config | GMACs | speedup (GMACs) | latency (ms) | search F1 | confirmed F1 | dev F1 |"
+            in out)
     assert (model / "length_configs.png").is_file()
     stale = json.loads((model / "length_configs.json").read_text())
     for p in stale["configs"]:
