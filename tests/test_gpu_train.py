@@ -39,3 +39,18 @@ def test_prepare_refuses_a_start_model_whose_embeddings_the_device_would_not_get
     with pytest.raises(SystemExit, match=r"word embeddings differ from those of .* ship this model first"):
         gpu_train.prepare(tiny_model_dir)
     assert not (tmp_path / "carry" / "start" / "model.safetensors").exists()
+
+
+def test_start_from_the_last_calls_output_moves_it_aside(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu_train, "ROOT", tmp_path)
+    monkeypatch.setattr(gpu_train, "CARRY", tmp_path / ".carry")
+    out = tmp_path / "runs" / "gpu" / "lengthdrop"
+    out.parent.mkdir(parents=True)
+    import shutil
+    shutil.copytree(tiny_model_dir, out)
+    (out / "checkpoint.pt").write_bytes(b"old run")
+    src = gpu_train.start_dir("runs/gpu/lengthdrop", out)
+    assert src == tmp_path / "runs" / "gpu" / "previous-1" and not out.exists()
+    assert (src / "model.safetensors").is_file() and not (src / "checkpoint.pt").exists()
+    with pytest.raises(SystemExit, match="no model.safetensors"):
+        gpu_train.start_dir("runs/gpu/lengthdrop", out)
