@@ -170,7 +170,7 @@ def add_onnx_parsers(sub) -> None:
 def cmd_search(args) -> None:
     from quala.budget import front_path
     from quala.report import PLOT_FILE, markdown_table
-    from quala.search import SearchSettings, run_search
+    from quala.search import SearchSettings, run_search, start_configs
     if args.length_config or args.budget:
         raise QualaError("`quala search` explores the length configurations itself: drop --length-config/--budget")
     predictor, tokenizer, _, _, model_dir = load_predictor(args)
@@ -182,6 +182,8 @@ def cmd_search(args) -> None:
                        heldout_fraction=args.heldout_fraction, batch_size=args.batch_size, latency=args.latency,
                        latency_features=args.latency_features, latency_repeats=args.latency_repeats,
                        work_dir=str(args.work_dir or ""))
+    if args.start_configs:
+        s.start_configs = start_configs(args.start_configs, s)
     front = run_search(model_dir, s, predictor, tokenizer)
     print(markdown_table(front))
     print(f"\nfront     {front_path(model_dir)}\nplot      {Path(model_dir) / PLOT_FILE}")
@@ -228,6 +230,9 @@ def add_search_parsers(sub) -> None:
     a("--crossovers", type=int, default=30, help="crossover children per generation (default 30)")
     a("--mutation-prob", type=float, default=0.5, help="probability that a layer's ratio mutates (default 0.5)")
     a("--seed", type=int, default=0, help="random seed of the evolution (default 0)")
+    a("--start-configs", default=None, help="also put these in generation 0: a length_configs.json or a model "
+      "directory (the points of its front, e.g. the last release's after more training) or ratio configurations "
+      "separated by ';'")
     a("--min-ratio", type=float, default=0.05, help="smallest ratio of tokens a layer may keep (default 0.05)")
     a("--step", type=float, default=0.01, help="ratios are multiples of this (default 0.01)")
     a("--limit", type=int, default=None, help="score on the first N questions of the search split (default all)")

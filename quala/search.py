@@ -59,8 +59,10 @@ class SearchSettings:
     latency_repeats: int = 5
     work_dir: str = ""  # cache and state; default: the model directory
     progress: bool = True
+    start_configs: tuple[str, ...] = ()  # joined to generation 0, e.g. an earlier model's front (start_configs())
 
-    EVOLUTION_KEYS = ("population", "mutations", "crossovers", "mutation_prob", "seed", "min_ratio", "step")
+    EVOLUTION_KEYS = ("population", "mutations", "crossovers", "mutation_prob", "seed", "min_ratio", "step",
+                      "start_configs")
 
 
 # ---- configurations ------------------------------------------------------------------------------------------
@@ -78,6 +80,20 @@ def initial_population(rng: np.random.Generator, layers: int, s: SearchSettings)
     """From all tokens to about min_ratio: member j keeps ratios drawn in [t_j, sqrt(t_j)], t_j spread over cost."""
     targets = np.linspace(1.0, s.min_ratio, max(s.population, 1))
     return [on_grid(np.sort(rng.uniform(t, np.sqrt(t), layers))[::-1], s) for t in targets]
+
+
+def start_configs(spec: str, s: SearchSettings) -> tuple[str, ...]:
+    """Configurations for generation 0 from a length_configs.json or a model directory (its front's points) or
+    'r,r,...;r,r,...': after more training, the last front is a better start than random draws alone; its points
+    are scored afresh like any others."""
+    if spec.endswith(".json") or Path(spec).is_dir():
+        configs = [p.length_config for p in read_front(spec).configs if p.length_config is not None]
+    else:
+        configs = [LengthConfig.parse(c) for c in spec.split(";") if c.strip()]
+    if not configs or any(c is None or c.unit != "ratio" for c in configs):
+        raise QualaError(f"--start-configs {spec}: give a front file, a model directory with one, or ratio "
+                         f"configurations separated by ';' (e.g. '1,1,1,0.8,0.4,0.2;1,0.9,0.7,0.5,0.3,0.1')")
+    return tuple(dict.fromkeys(key(on_grid(np.array(c.values), s)) for c in configs))
 
 
 def mutate(rng: np.random.Generator, values: tuple[float, ...], s: SearchSettings) -> tuple[float, ...]:
@@ -188,11 +204,15 @@ def evolve(scorer: Scorer, layers: int, s: SearchSettings, state_path: Path, fin
     resumed generation draws the same children as the interrupted one, and those already scored come from the cache.
     """
     settings = {k: getattr(s, k) for k in SearchSettings.EVOLUTION_KEYS} | fingerprint
+    settings["start_configs"] = list(s.start_configs)
+    if not s.start_configs:  # so that states saved before the option existed still resume
+        del settings["start_configs"]
     rng = np.random.default_rng(s.seed)
     generation, n_scored = -1, 0
     if state_path.is_file():
         state = read_json(state_path)
-        diff = [k for k in settings if state.get("settings", {}).get(k) != settings[k]]
+        saved = state.get("settings", {})
+        diff = [k for k in dict.fromkeys([*settings, *saved]) if saved.get(k) != settings.get(k)]
         if diff:
             raise QualaError(f"{state_path}: a search with other settings ({', '.join(diff)}) is saved there; "
                              f"use the same settings to resume, or another --work-dir")
@@ -202,7 +222,7 @@ def evolve(scorer: Scorer, layers: int, s: SearchSettings, state_path: Path, fin
                unit="gen", disable=not s.progress)
     while generation < s.iterations:
         if generation < 0:
-            keys = [key(v) for v in initial_population(rng, layers, s)]
+            keys = list(dict.fromkeys([key(v) for v in initial_population(rng, layers, s)] + list(s.start_configs)))
         else:
             known = dict(list(scorer.cache.scores.items())[:n_scored])
             keys = offspring(rng, [LengthConfig.parse(k).values for k in pareto_front(known)], set(known), s)

@@ -201,3 +201,23 @@ def test_latencies_are_timed_with_configurations_taking_turns(tiny_model_dir, de
     assert len(ms) == 2 and ms[0] > 2 > ms[1]
     per_feature = ["None", "0.5,0.5,0.5"] * 4  # warm-up of each, then 3 repeats taking turns
     assert calls == per_feature * 2
+
+
+def test_start_configs_join_generation_0_from_a_front_file_or_a_list(model_dir, data_dir, tmp_path, counted):
+    s = settings(data_dir, tmp_path / "first", iterations=0)
+    first = run_search(model_dir, s)
+    seeds = search.start_configs(str(model_dir), s)
+    assert seeds == tuple(str(p.length_config) for p in first.configs)
+    listed = search.start_configs("1,1,0.555;0.5,0.4,0.3", s)
+    assert listed == ("1,1,0.56", "0.5,0.4,0.3")  # on the search's grid
+    counted.clear()
+    run_search(model_dir, settings(data_dir, tmp_path / "seeded", iterations=0, start_configs=listed))
+    assert {"1,1,0.56", "0.5,0.4,0.3"} <= {lc for n, lc in counted if n == 6}
+    state = json.loads((tmp_path / "seeded" / search.STATE_FILE).read_text())
+    assert state["settings"]["start_configs"] == list(listed)
+    run_search(model_dir, settings(data_dir, tmp_path / "seeded", iterations=1, start_configs=listed))  # resumes
+    with pytest.raises(QualaError, match=r"other settings \(start_configs\)"):
+        run_search(model_dir, settings(data_dir, tmp_path / "seeded", iterations=1))
+    for bad in ("100,80,60", "full", str(tmp_path / "missing.json")):
+        with pytest.raises(QualaError):
+            search.start_configs(bad, s)
