@@ -177,7 +177,8 @@ def cmd_search(args) -> None:
     s = SearchSettings(population=args.population, iterations=args.iterations, mutations=args.mutations,
                        crossovers=args.crossovers, mutation_prob=args.mutation_prob, seed=args.seed,
                        min_ratio=args.min_ratio, step=args.step, limit=args.limit,
-                       confirm_limit=args.confirm_limit, dev_limit=args.dev_limit,
+                       confirm_limit=args.confirm_limit, confirm_margin=args.confirm_margin,
+                       dev_limit=args.dev_limit,
                        train_file=str(args.train_file or ""), dev_file=str(args.dev_file or ""),
                        heldout_fraction=args.heldout_fraction, batch_size=args.batch_size, latency=args.latency,
                        latency_features=args.latency_features, latency_repeats=args.latency_repeats,
@@ -239,6 +240,9 @@ def add_search_parsers(sub) -> None:
     a("--confirm-limit", type=int, default=2000, help="score the front again on the N held-out questions after "
       "the first --limit (default 2000; 0: no) and choose names and budgets by that larger sample: a few hundred "
       "questions rank points within a point of F1 of each other noisily")
+    a("--confirm-margin", type=float, default=0.0, help="also score again every configuration whose search F1 is "
+      "within this many points of the front at its cost, and report the front of those larger-sample scores "
+      "(default 0: only the front's points): with --limit 400, configurations a point apart swap places by chance")
     a("--dev-limit", type=int, default=None, help="report the front on the first N dev questions (default all)")
     a("--train-file", type=Path, default=None, help="SQuAD v1.1 train JSON whose held-out articles are scored "
       "(default: the model's training file, else the shared train set)")

@@ -49,6 +49,7 @@ class SearchSettings:
     step: float = 0.01  # ratios are multiples of this
     limit: int | None = None  # questions of the search split scored (default all)
     confirm_limit: int = 2000  # held-out questions after the first `limit` that re-score the front (0: none)
+    confirm_margin: float = 0.0  # also re-score configurations this close (search F1) to the front; see near_front
     dev_limit: int | None = None  # dev questions the front is reported on (default all)
     train_file: str = ""  # default: the model's training file, else the shared SQuAD train set
     dev_file: str = ""  # default: the shared SQuAD dev set
@@ -175,6 +176,17 @@ class Scorer:
     def score_all(self, keys: list[str], desc: str, progress: bool) -> None:
         for k in tqdm(keys, desc=desc, unit="config", disable=not progress, leave=False):
             self.score(k)
+
+
+def near_front(scores: dict[str, dict], margin: float) -> list[str]:
+    """Keys of the configurations whose F1 is at most `margin` below the best F1 at the same or lower cost: the
+    front of a noisy sample plus those a larger sample might put on it. Margin 0 is the Pareto front."""
+    near, best = [], -np.inf
+    for k in sorted((k for k in scores if k != "full"), key=lambda k: (scores[k]["gmacs"], -scores[k]["f1"])):
+        if scores[k]["f1"] > best - margin:
+            near.append(k)
+        best = max(best, scores[k]["f1"])
+    return near
 
 
 # ---- the search ----------------------------------------------------------------------------------------------
@@ -319,10 +331,15 @@ def run_search(model_dir: str | os.PathLike, s: SearchSettings, predictor: Predi
     confirmer = Scorer(predictor, tokenizer, config, confirm_examples,
                        ScoreCache(work / CONFIRM_CACHE_FILE, {**fingerprint, **confirm_data}),
                        s.batch_size) if confirm_examples else None
+    if confirmer and s.confirm_margin > 0:  # the front is then the one of the larger, confirming sample
+        candidates = near_front(scorer.cache.scores, s.confirm_margin)
+        confirmer.score_all(candidates, "confirm", s.progress)
+        front_keys = pareto_front({k: confirmer.score(k) for k in candidates})
     front = report_on_dev(predictor, tokenizer, config, scorer, confirmer, front_keys, full, s, runtime, work)
     front.info = {"model": str(model_dir), "runtime": runtime, "search": {**data, **{
         k: getattr(s, k) for k in SearchSettings.EVOLUTION_KEYS + ("iterations",)}},
-        "confirm": {"questions": confirm_data["questions"], "after": s.limit} if confirmer else None,
+        "confirm": {"questions": confirm_data["questions"], "after": s.limit, "margin": s.confirm_margin}
+        if confirmer else None,
         "dev_file": s.dev_file or str(squad_path("dev")), "dev_limit": s.dev_limit, "work_dir": str(work),
         "evaluations": len(scorer.cache.scores)}
     write_front(front_path(model_dir), front)

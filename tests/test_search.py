@@ -108,7 +108,7 @@ def test_front_is_confirmed_on_the_held_out_questions_after_the_searchs(model_di
     for p in front.configs:
         assert p.confirm_f1 == cache["scores"][str(p.length_config)]["f1"] == p.selection_f1
     assert front.named == name_points(front.configs) and read_front(model_dir).named == front.named
-    assert front.info["confirm"] == {"questions": 5, "after": 6}
+    assert front.info["confirm"] == {"questions": 5, "after": 6, "margin": 0.0}
     counted.clear()
     run_search(model_dir, s)  # resumed: nothing is scored again
     assert counted == []
@@ -221,3 +221,22 @@ def test_start_configs_join_generation_0_from_a_front_file_or_a_list(model_dir, 
     for bad in ("100,80,60", "full", str(tmp_path / "missing.json")):
         with pytest.raises(QualaError):
             search.start_configs(bad, s)
+
+
+def test_near_front_widens_the_pareto_front_by_the_margin():
+    scores = {"a": {"gmacs": 1.0, "f1": 50.0}, "b": {"gmacs": 2.0, "f1": 49.5}, "c": {"gmacs": 3.0, "f1": 60.0},
+              "d": {"gmacs": 4.0, "f1": 58.0}, "full": {"gmacs": 5.0, "f1": 61.0}}
+    assert search.near_front(scores, 0.0) == pareto_front(scores) == ["a", "c"]
+    assert search.near_front(scores, 1.0) == ["a", "b", "c"]
+    assert search.near_front(scores, 2.5) == ["a", "b", "c", "d"]
+
+
+def test_with_a_margin_the_front_is_the_confirmed_scores_front(model_dir, data_dir, tmp_path, counted):
+    s = settings(data_dir, tmp_path, confirm_limit=5, confirm_margin=100.0)
+    front = run_search(model_dir, s)
+    searched = json.loads((tmp_path / search.CACHE_FILE).read_text())["scores"]
+    confirmed = json.loads((tmp_path / search.CONFIRM_CACHE_FILE).read_text())["scores"]
+    assert set(searched) - {"full"} <= set(confirmed)  # every configuration scored again
+    assert [str(p.length_config) for p in front.configs] == pareto_front(
+        {k: v for k, v in confirmed.items() if k != "full"})
+    assert front.info["confirm"]["margin"] == 100.0
