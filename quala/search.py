@@ -118,12 +118,7 @@ def crossover(rng: np.random.Generator, a: tuple[float, ...], b: tuple[float, ..
 def pareto_front(scores: dict[str, dict]) -> list[str]:
     """Keys of the configurations no other beats on both cost and F1, by increasing cost ('full' left out: it is
     the same computation as all ratios 1)."""
-    front, best = [], -np.inf
-    for k in sorted((k for k in scores if k != "full"), key=lambda k: (scores[k]["gmacs"], -scores[k]["f1"])):
-        if scores[k]["f1"] > best:
-            front.append(k)
-            best = scores[k]["f1"]
-    return front
+    return near_front(scores, 0.0)
 
 
 # ---- scoring, cached on disk ---------------------------------------------------------------------------------
