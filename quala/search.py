@@ -210,10 +210,9 @@ def evolve(scorer: Scorer, layers: int, s: SearchSettings, state_path: Path, fin
     The state after each generation is its number, the random state and how many cache entries existed then: a
     resumed generation draws the same children as the interrupted one, and those already scored come from the cache.
     """
-    settings = {k: getattr(s, k) for k in SearchSettings.EVOLUTION_KEYS} | fingerprint
-    settings["start_configs"] = list(s.start_configs)
-    if not s.start_configs:  # so that states saved before the option existed still resume
-        del settings["start_configs"]
+    # lists as JSON reads them back; no start_configs entry when there are none, as in states saved before it existed
+    settings = {k: list(v) if isinstance(v, tuple) else v for k in SearchSettings.EVOLUTION_KEYS
+                if (v := getattr(s, k)) != ()} | fingerprint
     rng = np.random.default_rng(s.seed)
     generation, n_scored = -1, 0
     if state_path.is_file():
