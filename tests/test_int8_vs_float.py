@@ -1,37 +1,67 @@
-"""benchmarks/int8_vs_float.py: per-configuration F1 change of INT8, flagged past the limit."""
+"""benchmarks/int8_vs_float.py: screen every front configuration, score the flagged ones again, flag by the larger."""
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+from quala.budget import Front, FrontPoint, write_front
+from quala.config import LengthConfig
+from quala.quantize import quantize_model
+from tests.test_tradeoff import sharp_model
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "int8_vs_float.py"
+spec = importlib.util.spec_from_file_location("int8_vs_float", SCRIPT)
+int8_vs_float = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(int8_vs_float)
 
 
-def result(runtime: str, f1s: dict[str, float], questions: int = 500) -> dict:
-    rows = [{"method": "front", "length_config": c, "gmacs": 2.0 - i, "f1": f} for i, (c, f) in enumerate(f1s.items())]
-    rows.append({"method": "first-k", "length_config": "full", "gmacs": 9.9, "f1": 0.0})  # not a front row
-    return {"info": {"runtime": runtime, "questions": questions, "model": "m"}, "rows": rows}
+def row(k: str, gmacs: float, delta: float, confirm: float | None = None) -> dict:
+    r = {"length_config": k, "gmacs": gmacs, "f1_float": 50.0, "f1_int8": 50.0 + delta, "delta": delta,
+         "questions": 500}
+    if confirm is not None:
+        r |= {"confirm_f1_float": 60.0, "confirm_f1_int8": 60.0 + confirm, "confirm_delta": confirm,
+              "confirm_questions": 10570}
+    return r
 
 
-def test_compare_pairs_configurations_and_flags_losses_over_the_limit(tmp_path):
-    (tmp_path / "f.json").write_text(json.dumps(result("torch-fp32", {"full": 80.0, "0.5,0.5": 60.0, "0.3,0.3": 40.0})))
-    (tmp_path / "i.json").write_text(json.dumps(result("onnx-int8", {"full": 79.5, "0.5,0.5": 58.5})))
-    out = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "f.json"), str(tmp_path / "i.json"),
-                          "--json", str(tmp_path / "rows.json")], capture_output=True, text=True, check=True).stdout
-    rows = json.loads((tmp_path / "rows.json").read_text())
-    assert [r["length_config"] for r in rows] == ["0.5,0.5", "full"]  # cheapest first, only shared configs
-    assert [round(r["delta"], 2) for r in rows] == [-1.5, -0.5]
-    assert "**-1.50**" in out and "| full | 2.000 | 80.00 | 79.50 | -0.50 |" in out
-    assert "1 lose more than 1 F1" in out
+def test_the_verdict_is_the_larger_sample_when_there_is_one():
+    rows = [row("0.3,0.3", 0.5, -1.8, confirm=-0.4), row("0.5,0.5", 0.8, -1.2, confirm=-1.3), row("full", 1.0, 0.2)]
+    out = int8_vs_float.table(rows, 1.0)
+    assert "| 0.3,0.3 | 0.500 | 50.00 | 48.20 | -1.80 | 60.00 | 59.60 | -0.40 |" in out  # screen loss not flagged
+    assert "| 0.5,0.5 | 0.800 | 50.00 | 48.80 | -1.20 | 60.00 | 58.70 | **-1.30** |" in out
+    assert "| full | 1.000 | 50.00 | 50.20 | +0.20 |  |  |  |" in out
+    assert "3 configurations, 2 scored again on 10570 questions" in out and "1 lose more than 1 F1" in out
+    assert "from -1.30 to +0.20" in out
 
 
-def test_different_question_counts_are_refused_with_both_files_named(tmp_path):
-    (tmp_path / "f.json").write_text(json.dumps(result("torch-fp32", {"full": 80.0}, questions=500)))
-    (tmp_path / "i.json").write_text(json.dumps(result("onnx-int8", {"full": 79.0}, questions=100)))
-    p = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "f.json"), str(tmp_path / "i.json")],
-                       capture_output=True, text=True)
-    assert p.returncode != 0 and "same --limit" in p.stderr and "f.json" in p.stderr
-    (tmp_path / "bad.json").write_text("{}")
-    p = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "bad.json"), str(tmp_path / "i.json")],
-                       capture_output=True, text=True)
-    assert p.returncode != 0 and "bad.json: not a benchmarks/tradeoff.py result" in p.stderr
+def test_screen_then_confirm_on_a_tiny_model_and_resume_from_the_caches(tmp_path, tokenizer):
+    model = tmp_path / "m"
+    sharp_model(0).save_pretrained(model)
+    tokenizer.save_pretrained(str(model))
+    quantize_model(model, "dynamic")
+    points = [FrontPoint("p0", LengthConfig((0.5, 0.3, 0.2)), 0.01, 3.0, 10.0)]
+    write_front(model / "length_configs.json", Front(points, None, {"fastest": "p0"}))
+    cmd = [sys.executable, str(SCRIPT), "--model", str(model), "--limit", "4", "--confirm-limit", "8",
+           "--confirm-over", "-100", "--json", str(tmp_path / "rows.json")]  # confirm every row
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
+    assert [r["length_config"] for r in rows] == ["0.5,0.3,0.2", "full"]
+    assert all(r["questions"] == 4 and r["confirm_questions"] == 8 for r in rows)
+    assert "torch-fp32 vs onnxruntime:model.int8.onnx" in out and "2 scored again on 8 questions" in out
+    caches = sorted(p.name for p in (model / "int8_vs_float").iterdir())
+    assert caches == ["onnxruntime-model.int8.onnx.dev4.json", "onnxruntime-model.int8.onnx.dev8.json",
+                      "torch-fp32.dev4.json", "torch-fp32.dev8.json"]
+    cache = json.loads((model / "int8_vs_float" / "torch-fp32.dev8.json").read_text())
+    cache["scores"]["full"]["f1"] = 99.0  # a second run reads the cache instead of scoring again
+    (model / "int8_vs_float" / "torch-fp32.dev8.json").write_text(json.dumps(cache))
+    subprocess.run(cmd, capture_output=True, text=True, check=True)
+    rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
+    assert rows[1]["confirm_f1_float"] == 99.0
+
+
+def test_a_model_without_a_front_is_a_clear_error(tmp_path, tokenizer):
+    model = tmp_path / "m"
+    sharp_model(0).save_pretrained(model)
+    p = subprocess.run([sys.executable, str(SCRIPT), "--model", str(model)], capture_output=True, text=True)
+    assert p.returncode != 0 and "length_configs.json" in p.stderr and "Traceback" not in p.stderr
