@@ -42,3 +42,14 @@ def test_mean_over_features_and_speedup():
     expected = sum(forward_macs(c, lc, n) for n in lengths) / len(lengths) / 1e9
     assert mean_gmacs(c, lc, lengths) == pytest.approx(expected, rel=1e-12)
     assert speedup(c, lc, lengths) > 1.5 and speedup(c, None, lengths) == 1.0
+
+
+def test_cli_prices_real_lengths_and_windows_padded_as_the_original_work_timed(tiny_model_dir, capsys):
+    from quala.flops import main
+    main(["--model", str(tiny_model_dir), "--length-config", "100,60,20", "--limit", "20"])
+    out = capsys.readouterr().out.splitlines()
+    real, padded = out[2], out[3]
+    assert "[100,60,20] on" in real and "dev features" in real
+    assert padded.startswith("real tokens per feature: mean ") and "padded to 128:" in padded
+    # fixed token counts cut a window padded to 128 tokens by more than the same counts cut the real lengths
+    assert float(padded.split(", ")[-1].split("x")[0]) > float(real.split(", ")[-1].split("x")[0]) > 1.0
