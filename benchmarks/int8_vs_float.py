@@ -1,13 +1,14 @@
 """INT8 against its float self at every point of the front: the issue's "no configuration may lose more than 1 F1".
 
-    python benchmarks/int8_vs_float.py --model DIR [--int8 FILE] [--limit 500] [--confirm-over 0.5] [--json F]
+    python benchmarks/int8_vs_float.py --model DIR [--int8 FILE] [--limit 500] [--loss-limit 1] [--json F]
 
 Two stages, like the search: every configuration of DIR/length_configs.json (and the full length) is scored on the
 first --limit dev questions with PyTorch fp32 and with the INT8 ONNX model; each one whose INT8 F1 falls more than
---confirm-over below its float F1 there is scored again, both ways, on the whole dev set (--confirm-limit), where
-a paired difference of a point is no longer noise: on 500 questions the INT8-float difference of one
-configuration swings by about +-2 F1 from a handful of re-ranked tokens. The verdict of a row uses its largest
-sample. Scores are cached per configuration in --work-dir, so an interrupted run resumes.
+--confirm-over (default --loss-limit, 1) below its float F1 there is scored again, both ways, on the whole dev set
+(--confirm-limit), where a paired difference of a point is no longer noise: on 500 questions the INT8-float
+difference of one configuration swings by about +-2 F1 from a handful of re-ranked tokens. The verdict of a row
+uses its largest sample (also one cached by an earlier run with a lower --confirm-over). Scores are cached per
+configuration in --work-dir, so an interrupted run resumes.
 """
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ def compare(keys: list[str], screen: tuple[Scorer, Scorer], confirm: tuple[Score
         f, q = screen[0].score(k), screen[1].score(k)
         row = {"length_config": k, "gmacs": f["gmacs"], "f1_float": f["f1"], "f1_int8": q["f1"],
                "delta": q["f1"] - f["f1"], "questions": len(screen[0].examples)}
-        if confirm and row["delta"] < -confirm_over:
+        if confirm and (row["delta"] < -confirm_over or all(k in c.cache for c in confirm)):
             cf, cq = confirm[0].score(k), confirm[1].score(k)
             row |= {"confirm_f1_float": cf["f1"], "confirm_f1_int8": cq["f1"], "confirm_delta": cq["f1"] - cf["f1"],
                     "confirm_questions": len(confirm[0].examples)}
@@ -97,8 +98,8 @@ def main() -> None:
     p.add_argument("--int8", type=Path, default=None, help="quantized ONNX file (default MODEL/model.int8.onnx); "
                    "e.g. a mixed-precision one from `quala quantize --keep-float`")
     p.add_argument("--limit", type=int, default=500, help="screening sample: the first N dev questions (default 500)")
-    p.add_argument("--confirm-over", type=float, default=0.5,
-                   help="score again every configuration losing more than this on the screen (default 0.5)")
+    p.add_argument("--confirm-over", type=float, default=None,
+                   help="score again every configuration losing more than this on the screen (default: --loss-limit)")
     p.add_argument("--confirm-limit", type=int, default=0, help="questions of the second score (default 0: all dev)")
     p.add_argument("--no-confirm", action="store_true", help="screen only")
     p.add_argument("--loss-limit", type=float, default=1.0, help="F1 loss to flag (default 1)")
@@ -114,7 +115,8 @@ def main() -> None:
         screen = scorers(args.model, int8, args.limit, work, args.batch_size)
         confirm = None if args.no_confirm else scorers(args.model, int8, args.confirm_limit or None, work,
                                                        args.batch_size)
-        rows = compare(keys, screen, confirm, args.confirm_over)
+        over = args.loss_limit if args.confirm_over is None else args.confirm_over
+        rows = compare(keys, screen, confirm, over)
     except QualaError as e:
         raise SystemExit(f"error: {e}")
     print(f"{runtime_name(screen[0].predictor)} vs {runtime_name(screen[1].predictor)} ({int8}), model {args.model}\n")
