@@ -58,6 +58,10 @@ def test_screen_then_confirm_on_a_tiny_model_and_resume_from_the_caches(tmp_path
     subprocess.run(cmd, capture_output=True, text=True, check=True)
     rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
     assert rows[1]["confirm_f1_float"] == 99.0
+    # nothing flagged now, but the larger sample scored before still gives the verdict
+    subprocess.run(cmd[:-4] + ["--confirm-over", "100"] + cmd[-2:], capture_output=True, text=True, check=True)
+    rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
+    assert all(r["confirm_questions"] == 8 for r in rows) and rows[1]["confirm_f1_float"] == 99.0
 
 
 def test_a_model_without_a_front_is_a_clear_error(tmp_path, tokenizer):
