@@ -13,7 +13,6 @@ configuration in --work-dir, so an interrupted run resumes.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -22,8 +21,8 @@ from quala.budget import read_front
 from quala.config import QualaError, squad_path
 from quala.data import load_squad
 from quala.files import read_json, write_json_atomic
-from quala.modeling import ModelConfig, QualaForQuestionAnswering, load_tokenizer
 from quala.evaluate import TorchPredictor
+from quala.modeling import ModelConfig, QualaForQuestionAnswering, load_tokenizer
 from quala.runtime import OnnxPredictor
 from quala.search import ScoreCache, Scorer, runtime_name, weights_digest
 
@@ -33,20 +32,26 @@ def front_configs(model_dir: Path) -> list[str]:
     return ["full"] + [str(p.length_config) for p in front.configs]
 
 
-def scorers(model_dir: Path, int8: Path, limit: int | None, work: Path, batch_size: int) -> tuple[Scorer, Scorer]:
-    """(PyTorch fp32, INT8) scorers of the first `limit` dev questions (all: None), each with its own cache."""
-    config = ModelConfig.from_dict(read_json(model_dir / "config.json"))
-    tokenizer = load_tokenizer(model_dir)
-    dev = load_squad(squad_path("dev"), limit=limit)
-    pair = []
-    for predictor in (TorchPredictor(QualaForQuestionAnswering.from_pretrained(model_dir)),
-                      OnnxPredictor(int8, config)):
-        runtime = runtime_name(predictor)
-        fingerprint = {"model": weights_digest(model_dir, predictor), "runtime": runtime,
-                       "dev_file": str(squad_path("dev")), "dev_limit": limit}
-        name = f"{runtime.replace(':', '-')}.dev{limit or 'all'}.json"
-        pair.append(Scorer(predictor, tokenizer, config, dev, ScoreCache(work / name, fingerprint), batch_size))
-    return pair[0], pair[1]
+class Pair:
+    """PyTorch fp32 and the INT8 file, loaded (and their weights hashed) once for every sample scored."""
+
+    def __init__(self, model_dir: Path, int8: Path):
+        self.config = ModelConfig.from_dict(read_json(model_dir / "config.json"))
+        self.tokenizer = load_tokenizer(model_dir)
+        self.predictors = (TorchPredictor(QualaForQuestionAnswering.from_pretrained(model_dir)),
+                           OnnxPredictor(int8, self.config))
+        self.runtimes = [runtime_name(p) for p in self.predictors]
+        self.digests = [weights_digest(model_dir, p) for p in self.predictors]
+
+    def scorers(self, limit: int | None, work: Path, batch_size: int) -> tuple[Scorer, Scorer]:
+        """(PyTorch fp32, INT8) scorers of the first `limit` dev questions (all: None), each with its own cache."""
+        dev = load_squad(squad_path("dev"), limit=limit)
+        pair = []
+        for predictor, runtime, digest in zip(self.predictors, self.runtimes, self.digests):
+            fingerprint = {"model": digest, "runtime": runtime, "dev_file": str(squad_path("dev")), "dev_limit": limit}
+            cache = ScoreCache(work / f"{runtime.replace(':', '-')}.dev{limit or 'all'}.json", fingerprint)
+            pair.append(Scorer(predictor, self.tokenizer, self.config, dev, cache, batch_size))
+        return pair[0], pair[1]
 
 
 def compare(keys: list[str], screen: tuple[Scorer, Scorer], confirm: tuple[Scorer, Scorer] | None,
@@ -112,14 +117,14 @@ def main() -> None:
     try:
         keys = front_configs(args.model)
         work.mkdir(parents=True, exist_ok=True)
-        screen = scorers(args.model, int8, args.limit, work, args.batch_size)
-        confirm = None if args.no_confirm else scorers(args.model, int8, args.confirm_limit or None, work,
-                                                       args.batch_size)
+        pair = Pair(args.model, int8)
+        screen = pair.scorers(args.limit, work, args.batch_size)
+        confirm = None if args.no_confirm else pair.scorers(args.confirm_limit or None, work, args.batch_size)
         over = args.loss_limit if args.confirm_over is None else args.confirm_over
         rows = compare(keys, screen, confirm, over)
     except QualaError as e:
         raise SystemExit(f"error: {e}")
-    print(f"{runtime_name(screen[0].predictor)} vs {runtime_name(screen[1].predictor)} ({int8}), model {args.model}\n")
+    print(f"{pair.runtimes[0]} vs {pair.runtimes[1]} ({int8}), model {args.model}\n")
     print(table(rows, args.loss_limit))
     if args.json:
         write_json_atomic(args.json, {"model": str(args.model), "int8": str(int8), "rows": rows})
