@@ -1,9 +1,12 @@
+import math
+
 import pytest
 import torch
 from transformers import BertConfig, BertForQuestionAnswering
 
-from quala.config import LengthConfig, QualaError
-from quala.modeling import QualaForQuestionAnswering
+from quala.config import LengthConfig, QualaError, backbone_dir, squad_path
+from quala.data import Example, collate, load_squad, make_features
+from quala.modeling import Layer, ModelConfig, QualaForQuestionAnswering
 from tests.conftest import tiny_config
 
 
@@ -109,3 +112,125 @@ def test_bad_length_config_and_missing_files(tmp_path, model):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(QualaError, match="malformed JSON"):
         QualaForQuestionAnswering.from_pretrained(tmp_path)
+
+
+# ---- the method: which tokens a layer keeps -----------------------------------------------------------------------
+def popularity_layer(hidden: int = 384, heads: int = 12) -> tuple:
+    """A layer of the real model's size whose attention is built by hand: every real query attends to key j in
+    proportion to exp(c * p_j), where p_j = x_j[0] is the token's "popularity"; a query whose x[1] is 1 (we put that
+    on padding) attends the other way, to the least popular tokens. Other weights stay random."""
+    torch.manual_seed(0)
+    layer = Layer(ModelConfig(hidden_size=hidden, num_attention_heads=heads)).eval()
+    with torch.no_grad():
+        layer.query.weight.zero_()
+        layer.query.weight[:, 1] = -2.0  # q = 1 for a real query, -1 for a padded one
+        layer.query.bias.fill_(1.0)
+        layer.key.weight.zero_()
+        layer.key.weight[:, 0] = 1.0  # k_j = p_j in every dimension: score(i, j) = q_i * p_j * sqrt(head dim)
+        layer.key.bias.zero_()
+    return layer
+
+
+def test_a_layer_keeps_cls_and_exactly_the_most_attended_tokens_best_first():
+    layer = popularity_layer()
+    n, lengths, keep = 30, [30, 12], [9, 5]
+    g = torch.Generator().manual_seed(1)
+    popularity = torch.stack([torch.randperm(n, generator=g).float() / n for _ in lengths])
+    popularity[:, 0] = -1.0  # [CLS] is the least attended: it is kept by rule, not by rank
+    x = torch.randn(2, n, 384, generator=g) * 0.1
+    x[:, :, 0] = popularity
+    valid = torch.arange(n)[None, :] < torch.tensor(lengths)[:, None]
+    x[:, :, 1] = (~valid).float()  # padded queries attend to the least popular tokens: they must not count
+    with torch.no_grad():
+        _, new_valid, slots = layer(x, valid, torch.tensor(keep))
+    for b, (length, k) in enumerate(zip(lengths, keep)):
+        ranked = sorted(range(1, length), key=lambda j: -popularity[b, j].item())
+        assert slots[b, :k].tolist() == [0] + ranked[: k - 1]
+    assert new_valid.sum(1).tolist() == keep and slots.shape[1] == max(keep)
+
+
+def test_attention_ranking_differs_from_position_ranking_and_keeps_position_order_for_position():
+    layer = popularity_layer()
+    n = 20
+    x = torch.randn(1, n, 384) * 0.1
+    x[0, :, 0] = torch.linspace(0, 1, n)  # the last tokens are the most attended
+    valid = torch.ones(1, n, dtype=torch.bool)
+    with torch.no_grad():
+        by_attention = layer(x, valid, torch.tensor([4]))[2]
+        by_position = layer(x, valid, torch.tensor([4]), ranking="position")[2]
+    assert by_attention[0].tolist() == [0, 19, 18, 17] and by_position[0].tolist() == [0, 1, 2, 3]
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    """The real all-MiniLM-L6-v2 backbone, a bare BertModel checkpoint (no "bert." prefix, no span head)."""
+    return QualaForQuestionAnswering.from_pretrained(backbone_dir())
+
+
+@pytest.fixture(scope="module")
+def real_batch(tokenizer):
+    """Real SQuAD dev text: one full 384-token window (several contexts joined) and two shorter padded rows."""
+    examples = load_squad(squad_path("dev"), limit=200)
+    long = Example("long", examples[0].question, " ".join(dict.fromkeys(e.context for e in examples)))
+    features = make_features([long] + examples[150:152], tokenizer)
+    features = [features[0], features[-2], features[-1]]
+    assert len(features[0]) == 384 and len(features[2]) < 384
+    return {k: torch.as_tensor(v) for k, v in collate(features).items() if k != "start_positions"}
+
+
+def test_bare_bert_checkpoint_matches_hugging_face_at_full_length(backbone, real_batch):
+    """The real backbone loaded into quala against transformers' BertModel with the same span head: GELU (erf) and
+    LayerNorm eps exactly as Hugging Face's, at full length and with every layer keeping every token."""
+    from transformers import BertModel
+    hf = BertModel.from_pretrained(str(backbone_dir()), add_pooling_layer=False).eval()
+    norms = [m for m in backbone.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert len(norms) == 13 and {m.eps for m in norms} == {hf.config.layer_norm_eps} == {1e-12}
+    ids, mask, types = real_batch["input_ids"], real_batch["attention_mask"], real_batch["token_type_ids"]
+    with torch.no_grad():
+        hidden = hf(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state
+        theirs = backbone.qa_outputs(hidden)
+        mine = backbone(ids, mask, types)
+        all_kept = backbone(ids, mask, types, LengthConfig((1.0,) * 6))
+    real = mask.bool()
+    assert theirs[..., 0][real].abs().max() > 0.1  # the span head is not degenerate
+    for out in (mine, all_kept):
+        assert (out.start_logits - theirs[..., 0])[real].abs().max() < 1e-4
+        assert (out.end_logits - theirs[..., 1])[real].abs().max() < 1e-4
+    assert torch.equal(all_kept.kept, mask.sum(1)[:, None].expand(-1, 6))
+    again = QualaForQuestionAnswering.from_pretrained(backbone_dir())  # the new span head is reproducible
+    assert torch.equal(again.qa_outputs.weight, backbone.qa_outputs.weight)
+    assert backbone.qa_outputs.weight.std() > 0.01 and not backbone.training
+
+
+def test_first_layer_keeps_the_tokens_hugging_face_attention_ranks_highest(backbone, real_batch):
+    """Layer 0 of the real backbone keeps [CLS] and the tokens that received the most attention in transformers'
+    own attention probabilities (summed over heads and real queries)."""
+    from transformers import BertModel
+    hf = BertModel.from_pretrained(str(backbone_dir()), add_pooling_layer=False, attn_implementation="eager").eval()
+    ids, mask, types = real_batch["input_ids"], real_batch["attention_mask"], real_batch["token_type_ids"]
+    seen = {}
+    hook = backbone.layers[0].register_forward_hook(lambda m, i, out: seen.update(slots=out[2]))
+    try:
+        with torch.no_grad():
+            probs = hf(input_ids=ids, attention_mask=mask, token_type_ids=types, output_attentions=True).attentions[0]
+            backbone(ids, mask, types, LengthConfig((0.5, 0.5, 0.4, 0.3, 0.2, 0.1)))
+    finally:
+        hook.remove()
+    received = (probs * mask[:, None, :, None]).sum(dim=(1, 2)).double()
+    for b, length in enumerate(mask.sum(1).tolist()):
+        k = math.ceil(0.5 * length - 1e-9)
+        kept = seen["slots"][b, :k].tolist()
+        assert kept[0] == 0 and len(set(kept)) == k
+        score = received[b, 1:length]
+        threshold = score.sort(descending=True).values[k - 2]  # the (k-1)-th highest, the last one kept
+        sure_in = {j + 1 for j in range(length - 1) if score[j] > threshold + 1e-4}
+        sure_out = {j + 1 for j in range(length - 1) if score[j] < threshold - 1e-4}
+        assert sure_in <= set(kept) and not sure_out & set(kept), (b, sorted(sure_in - set(kept)))
+        assert len(sure_in) > k // 2  # the check is not vacuous
+
+
+def test_config_defaults_follow_bert():
+    from transformers import BertConfig
+    ours, theirs = ModelConfig(), BertConfig()
+    for name in ("layer_norm_eps", "vocab_size", "max_position_embeddings", "type_vocab_size", "pad_token_id"):
+        assert getattr(ours, name) == getattr(theirs, name), name
