@@ -45,8 +45,7 @@ class HFTorch:
 
     @torch.inference_mode()
     def __call__(self, batch, length_config):
-        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                         token_type_ids=batch["token_type_ids"])
+        out = self.model(**{k: torch.from_numpy(batch[k]) for k in ("input_ids", "attention_mask", "token_type_ids")})
         return out.start_logits.numpy(), out.end_logits.numpy(), np.zeros((len(batch["input_ids"]), 1))
 
 
@@ -63,7 +62,7 @@ class HFOnnx:
                                             disabled_optimizers=list(disabled_optimizers))
 
     def __call__(self, batch, length_config):
-        feed = {k: batch[k].numpy() for k in ("input_ids", "attention_mask", "token_type_ids")}
+        feed = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
         start, end = run_micro_batches(self.session, feed, self.micro_batch or len(feed["input_ids"]), 2)
         return start, end, np.zeros((len(start), 1))
 
@@ -196,7 +195,7 @@ def build_rows(args, model_dir: Path, config: ModelConfig, scratch: Path) -> lis
             dict(name=f"MiniLM full, same, and micro-batches of {MICRO_BATCH} (quala's runtime setting)",
                  predictor=HFOnnx(scratch / "hf.int8.onnx", args.threads, DISABLED_FUSIONS, MICRO_BATCH), lc=None),
             dict(name="quala fp32 PyTorch", predictor=TorchPredictor(model), lc=None),
-            dict(name="quala bf16 PyTorch autocast", predictor=TorchPredictor(model, torch.bfloat16), lc=None),
+            dict(name="quala bf16 PyTorch autocast", predictor=TorchPredictor(model, "bf16"), lc=None),
             dict(name="quala INT8 ORT", predictor=int8, lc=None, int8=True),
             dict(name="quala INT8 ORT, one run per batch (no micro-batches)",
                  predictor=quala_int8(model_dir, config, scratch, args.threads, micro_batch=10**9), lc=None,

@@ -140,7 +140,7 @@ def stage1_dir(arg: Path | None, model_dir: Path) -> tuple[Path | None, str | No
 
 def run(args) -> dict:
     model_dir = Path(args.model or default_model_dir())
-    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    dtype = args.dtype
     front = read_front(model_dir)
     front_configs = [p.length_config for p in front.configs] + ([front.full.length_config] if front.full else [])
     front_configs = list(dict.fromkeys(full_if_all_ones(lc) for lc in front_configs))

@@ -27,7 +27,8 @@ def measure(stage: str, bf16: bool, args) -> dict:
     times, feats = [], []
     for i, idx in enumerate(batches):
         from quala.data import collate
-        batch = collate([t.features[j] for j in idx])
+        from quala.train import to_device
+        batch = to_device(collate([t.features[j] for j in idx]), t.device)
         t0 = time.perf_counter()
         t.train_step(batch, idx)
         if i:

@@ -2,73 +2,110 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
-from quala.config import LengthConfig, QualaError, default_model_dir, squad_path
+from quala import __version__
+from quala.config import QualaError, default_model_dir, squad_path
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (a clear message instead of a traceback later)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """argparse type: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def output_file(text: str) -> Path:
+    """argparse type: a file we can write, checked before any work (its folder exists, it is not a folder)."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} is a folder; give a file name")
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{path.parent}: no such folder")
+    if not os.access(path.parent, os.W_OK):
+        raise argparse.ArgumentTypeError(f"{path.parent}: not writable")
+    return path
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=Path, default=None,
-                   help="model directory (config.json, model.safetensors, tokenizer); default: the released model "
-                        "shipped with quala, else the untrained all-MiniLM-L6-v2 backbone")
+                   help="model directory (config.json, model.int8.onnx or model.safetensors, tokenizer); default: "
+                        "the released model shipped with quala")
     p.add_argument("--length-config", default=None,
-                   help="tokens kept after each layer: ratios of each input's length ('1.0,0.8,0.6,0.5,0.4,0.3') "
-                        "or token counts ('315,251,242,159,142,33'); 'full' for no dropping; default: the model's")
+                   help="tokens kept after each layer as ratios of each input's length ('1,0.8,0.6,0.5,0.4,0.3'), "
+                        "or absolute token counts with a 'tokens:' prefix ('tokens:315,251,242,159,142,33'); "
+                        "'full' for no dropping; default: the model's")
     p.add_argument("--budget", default=None,
                    help="pick the most accurate configuration of the model's length_configs.json (written by "
                         "`quala search`) that fits: a latency ('20ms'), a cost ('2.5GMACs'), a speedup over the "
                         "full length ('3x') or a named point (fastest, balanced, accurate)")
-    p.add_argument("--batch-size", type=int, default=32, help="features per forward pass (default 32)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="features per forward pass (default 32)")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
-                   help="fp32, or bf16 autocast (fast on CPUs with AVX512-BF16/AMX)")
+                   help="fp32, or bf16 autocast (torch runtime; fast on CPUs with AVX512-BF16/AMX)")
     p.add_argument("--runtime", choices=["auto", "torch", "onnx", "onnx-int8"], default="auto",
-                   help="inference engine: torch (model.safetensors), onnx (model.onnx) or onnx-int8 "
-                        "(model.int8.onnx) in ONNX Runtime; auto (default) takes the first of model.int8.onnx, "
-                        "model.onnx, model.safetensors that the directory holds (torch for --dtype bf16)")
+                   help="inference engine: torch (model.safetensors, needs PyTorch), onnx (model.onnx) or "
+                        "onnx-int8 (model.int8.onnx) in ONNX Runtime; auto (default) takes the first of "
+                        "model.int8.onnx, model.onnx, model.safetensors that the directory holds (torch for bf16)")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip checking the model's files against its SHA256SUMS.json (models under development)")
+
+
+def load_answerer(args):
+    """The model of --model as a QuestionAnswerer, and the configuration of --budget / --length-config."""
+    from quala.pipeline import load
+    qa = load(args.model, getattr(args, "runtime", "auto"), verify=not getattr(args, "no_verify", False),
+              dtype=getattr(args, "dtype", "fp32"))
+    lc, point = qa.resolve(getattr(args, "budget", None), getattr(args, "length_config", None))
+    chosen = f"{args.budget} -> {point.describe()}" if point else None
+    return qa, lc, chosen
 
 
 def load_predictor(args):
-    import torch
-
-    from quala import runtime
-    model_dir = args.model or default_model_dir()
-    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    predictor, tokenizer, config = runtime.load_predictor(model_dir, getattr(args, "runtime", "auto"), dtype)
-    default = LengthConfig.from_json(config.length_config) if config.length_config else None
-    lc = LengthConfig.parse(args.length_config) if args.length_config else default
-    if lc is not None:
-        lc.check(config.num_hidden_layers, config.max_seq_length)
-    return predictor, tokenizer, config, lc, model_dir
-
-
-def apply_budget(args, model_dir, lc):
-    """--budget -> (the chosen length configuration, a line saying which); without it, lc unchanged."""
-    if not getattr(args, "budget", None):
-        return lc, None
-    if args.length_config:
-        raise QualaError("give --budget or --length-config, not both")
-    from quala.budget import choose_length_config
-    lc, point = choose_length_config(model_dir, args.budget)
-    return lc, f"{args.budget} -> {point.describe()}"
+    """(predictor, tokenizer, config, length config, model dir) for commands that drive the engine directly."""
+    qa, lc, _ = load_answerer(args)
+    return qa.predictor, qa.tokenizer, qa.config, lc, qa.model_dir
 
 
 def cmd_eval(args) -> None:
     from quala.data import load_squad
-    from quala.evaluate import evaluate
     from quala.files import write_json_atomic
     data = args.data or squad_path("dev")
     examples = load_squad(data, limit=args.limit)
-    predictor, tokenizer, config, lc, model_dir = load_predictor(args)
-    lc, chosen = apply_budget(args, model_dir, lc)
+    qa, lc, chosen = load_answerer(args)
     t0 = time.perf_counter()
-    r = evaluate(predictor, tokenizer, examples, lc, args.batch_size, config.max_seq_length, config.doc_stride,
-                 config.max_query_length)
+    r = qa.evaluate(examples, lc, args.batch_size)
     seconds = time.perf_counter() - t0
     if args.output:
         write_json_atomic(args.output, r.predictions(examples))
-    print(f"model          {model_dir}")
+    print(f"model          {qa.model_dir}")
     print(f"data           {data}")
     print(f"questions      {r.questions} ({r.features} features, {r.tokens:.1f} tokens each on average)")
     if chosen:
@@ -82,29 +119,35 @@ def cmd_eval(args) -> None:
         print(f"predictions    {args.output}")
 
 
-def cmd_answer(args) -> None:
-    from quala.evaluate import answer_questions
+def read_context(args) -> str:
+    if args.context_file and args.context is not None:
+        raise QualaError("give --context or --context-file, not both")
     if args.context_file:
         from quala.files import read_text
-        context = read_text(args.context_file)
-    elif args.context is not None:
-        context = args.context
-    else:
-        context = sys.stdin.read()
+        return read_text(args.context_file)
+    if args.context is not None:
+        return args.context
+    if sys.stdin.isatty():
+        raise QualaError("no context: give --context TEXT, --context-file FILE, or pipe the text to standard input")
+    return sys.stdin.read()
+
+
+def cmd_answer(args) -> None:
+    context = read_context(args)
     if not context.strip():
         raise QualaError("the context is empty: give --context, --context-file or text on standard input")
     questions = [q.strip() for q in args.question]
     for q in questions:
         if not q:
             raise QualaError("a --question is empty")
-    predictor, tokenizer, config, lc, model_dir = load_predictor(args)
-    lc, chosen = apply_budget(args, model_dir, lc)
+    qa, lc, chosen = load_answerer(args)
     if chosen:
         print(f"budget {chosen}", file=sys.stderr)
-    answers = answer_questions(predictor, tokenizer, [(q, context) for q in questions], lc, 1, args.batch_size,
-                               config.max_seq_length, config.doc_stride, config.max_query_length)
-    for q, (a,) in zip(questions, answers):
-        print(f"Q: {q}\nA: {a.text}  (score {a.score:.3f}, characters {a.start}-{a.end})")
+    answers = qa.answer_pairs([(q, context) for q in questions], lc, args.top_k, args.batch_size)
+    for q, ranked in zip(questions, answers):
+        print(f"Q: {q}")
+        for a in ranked:
+            print(f"A: {a.text}  (score {a.score:.3f}, characters {a.start}-{a.end})")
 
 
 def cmd_train(args) -> None:
@@ -157,7 +200,7 @@ def add_onnx_parsers(sub) -> None:
     p.add_argument("--keep-float", default=None, metavar="PATTERN",
                    help="regular expression on ONNX node names to keep in float (mixed precision), e.g. "
                         "'layers\\.5/ffn_out'")
-    p.add_argument("--calibration-features", type=int, default=256,
+    p.add_argument("--calibration-features", type=positive_int, default=256,
                    help="SQuAD train features for static calibration (default 256)")
     p.add_argument("--train-file", type=Path, default=None,
                    help="SQuAD v1.1 train JSON for calibration (default: the shared train set; never dev)")
@@ -225,33 +268,33 @@ def add_search_parsers(sub) -> None:
                                    "cached and the state saved every generation.")
     add_model_args(p)
     a = p.add_argument
-    a("--population", type=int, default=20, help="configurations of generation 0, spread over cost (default 20)")
-    a("--iterations", type=int, default=30, help="generations after the first (default 30)")
-    a("--mutations", type=int, default=30, help="mutants per generation (default 30)")
-    a("--crossovers", type=int, default=30, help="crossover children per generation (default 30)")
-    a("--mutation-prob", type=float, default=0.5, help="probability that a layer's ratio mutates (default 0.5)")
+    a("--population", type=positive_int, default=20, help="configurations of generation 0, spread over cost (default 20)")
+    a("--iterations", type=positive_int, default=30, help="generations after the first (default 30)")
+    a("--mutations", type=positive_int, default=30, help="mutants per generation (default 30)")
+    a("--crossovers", type=positive_int, default=30, help="crossover children per generation (default 30)")
+    a("--mutation-prob", type=fraction, default=0.5, help="probability that a layer's ratio mutates (default 0.5)")
     a("--seed", type=int, default=0, help="random seed of the evolution (default 0)")
     a("--start-configs", default=None, help="also put these in generation 0: a length_configs.json or a model "
       "directory (the points of its front, e.g. the last release's after more training) or ratio configurations "
       "separated by ';'")
     a("--min-ratio", type=float, default=0.05, help="smallest ratio of tokens a layer may keep (default 0.05)")
     a("--step", type=float, default=0.01, help="ratios are multiples of this (default 0.01)")
-    a("--limit", type=int, default=None, help="score on the first N questions of the search split (default all)")
+    a("--limit", type=positive_int, default=None, help="score on the first N questions of the search split (default all)")
     a("--confirm-limit", type=int, default=2000, help="score the front again on the N held-out questions after "
       "the first --limit (default 2000; 0: no) and choose names and budgets by that larger sample: a few hundred "
       "questions rank points within a point of F1 of each other noisily")
     a("--confirm-margin", type=float, default=0.0, help="also score again every configuration whose search F1 is "
       "within this many points of the front at its cost, and report the front of those larger-sample scores "
       "(default 0: only the front's points): with --limit 400, configurations a point apart swap places by chance")
-    a("--dev-limit", type=int, default=None, help="report the front on the first N dev questions (default all)")
+    a("--dev-limit", type=positive_int, default=None, help="report the front on the first N dev questions (default all)")
     a("--train-file", type=Path, default=None, help="SQuAD v1.1 train JSON whose held-out articles are scored "
       "(default: the model's training file, else the shared train set)")
-    a("--heldout-fraction", type=float, default=None, help="fraction of train articles held out (default: the "
+    a("--heldout-fraction", type=fraction, default=None, help="fraction of train articles held out (default: the "
       "model's training setting, else 0.05); must match training, or the search scores trained-on articles")
     a("--dev-file", type=Path, default=None, help="SQuAD v1.1 dev JSON (default: the shared dev set)")
     a("--latency", action="store_true", help="also time each front configuration (batch 1) on this runtime")
-    a("--latency-features", type=int, default=32, help="features timed per configuration (default 32)")
-    a("--latency-repeats", type=int, default=5, help="timings per feature; the median counts (default 5)")
+    a("--latency-features", type=positive_int, default=32, help="features timed per configuration (default 32)")
+    a("--latency-repeats", type=positive_int, default=5, help="timings per feature; the median counts (default 5)")
     a("--work-dir", type=Path, default=None, help="folder of the score cache and search state (default: MODEL)")
     p.set_defaults(func=cmd_search)
 
@@ -266,9 +309,9 @@ def add_search_parsers(sub) -> None:
                    "(batch 1, the search's sample of held-out features) and save the latencies; the scores stay")
     p.add_argument("--runtime", choices=["auto", "torch", "onnx", "onnx-int8"], default="auto",
                    help="engine timed by --time (default auto: the INT8 graph when there is one)")
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads for --time (default: physical cores)")
-    p.add_argument("--latency-features", type=int, default=32, help="features timed by --time (default 32)")
-    p.add_argument("--latency-repeats", type=int, default=5, help="timings per feature for --time (default 5)")
+    p.add_argument("--threads", type=positive_int, default=None, help="intra-op threads for --time (default: physical cores)")
+    p.add_argument("--latency-features", type=positive_int, default=32, help="features timed by --time (default 32)")
+    p.add_argument("--latency-repeats", type=positive_int, default=5, help="timings per feature for --time (default 5)")
     p.set_defaults(func=cmd_report)
 
 
@@ -283,31 +326,74 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
       "distillation; both: one after the other (default)")
     a("--train-file", type=Path, default=None, help="SQuAD v1.1 train JSON (default: the shared train set)")
     a("--dev-file", type=Path, default=None, help="SQuAD v1.1 dev JSON scored at the end of each stage")
-    a("--limit", type=int, default=None, help="train on the first N questions only")
-    a("--heldout-fraction", type=float, default=0.05, help="fraction of train articles kept out of training for "
+    a("--limit", type=positive_int, default=None, help="train on the first N questions only")
+    a("--heldout-fraction", type=fraction, default=0.05, help="fraction of train articles kept out of training for "
       "`quala search` (default 0.05; whole articles, fixed seed)")
-    a("--epochs-finetune", type=float, default=2.0, help="epochs of stage 1 (default 2; fractions allowed)")
-    a("--epochs-lengthdrop", type=float, default=5.0, help="epochs of stage 2 (default 5; fractions allowed)")
-    a("--max-steps", type=int, default=None, help="stop each stage after this many optimizer steps")
+    a("--epochs-finetune", type=positive_float, default=2.0, help="epochs of stage 1 (default 2; fractions allowed)")
+    a("--epochs-lengthdrop", type=positive_float, default=5.0, help="epochs of stage 2 (default 5; fractions allowed)")
+    a("--max-steps", type=positive_int, default=None, help="stop each stage after this many optimizer steps")
     a("--batch-size", type=int, default=32, help="features per step (per process under torchrun; default 32)")
-    a("--lr", type=float, default=3e-5, help="peak learning rate of AdamW (default 3e-5)")
-    a("--warmup-ratio", type=float, default=0.1, help="fraction of steps with linear warm-up (default 0.1)")
-    a("--max-seq-length", type=int, default=384, help="window length in tokens (default 384)")
-    a("--doc-stride", type=int, default=128, help="overlap between windows of a long context (default 128)")
+    a("--lr", type=positive_float, default=3e-5, help="peak learning rate of AdamW (default 3e-5)")
+    a("--warmup-ratio", type=fraction, default=0.1, help="fraction of steps with linear warm-up (default 0.1)")
+    a("--max-seq-length", type=positive_int, default=384, help="window length in tokens (default 384)")
+    a("--doc-stride", type=positive_int, default=128, help="overlap between windows of a long context (default 128)")
     a("--num-sandwich", type=int, default=2, help="random sub-models per step besides the smallest (default 2)")
-    a("--length-drop-ratio-bound", type=float, default=0.2,
+    a("--length-drop-ratio-bound", type=fraction, default=0.2,
       help="each layer keeps between (1 - bound) and all of the previous layer's tokens (default 0.2)")
-    a("--layer-dropout-prob", type=float, default=0.2,
+    a("--layer-dropout-prob", type=fraction, default=0.2,
       help="LayerDrop probability for each layer of the random sub-models (default 0.2; 0 turns it off)")
     a("--teacher", type=Path, default=None, help="Hugging Face question-answering model directory to distil "
       "from (same vocabulary); its logits are computed once and cached in the output folder")
-    a("--temperature", type=float, default=2.0, help="distillation temperature for the teacher (default 2)")
+    a("--temperature", type=positive_float, default=2.0, help="distillation temperature for the teacher (default 2)")
     a("--alpha", type=float, default=0.5, help="weight of the teacher loss vs the label loss (default 0.5)")
     a("--dtype", choices=["bf16", "fp32"], default="bf16", help="bf16 autocast (default) or fp32")
     a("--seed", type=int, default=42, help="random seed (data order, dropout, sub-model sampling)")
-    a("--checkpoint-minutes", type=float, default=10.0, help="save a resumable checkpoint this often (default 10)")
-    a("--eval-limit", type=int, default=None, help="dev questions scored at the end of each stage (default all)")
+    a("--checkpoint-minutes", type=positive_float, default=10.0, help="save a resumable checkpoint this often (default 10)")
+    a("--eval-limit", type=positive_int, default=None, help="dev questions scored at the end of each stage (default all)")
     a("--resume", action="store_true", help="continue from OUTPUT's checkpoint exactly where it stopped")
+
+
+def cmd_predict(args) -> None:
+    from quala.predict import ModelSpec, Options, predict
+    given = {"top_k": args.top_k, "part_rows": args.part_rows, "max_chars": args.max_chars}
+    options = Options(args.budget, args.length_config, batch_size=args.batch_size, limit=args.limit,
+                      **{k: v for k, v in given.items() if v is not None})
+    spec = ModelSpec(str(args.model) if args.model else None, args.runtime, args.threads,
+                     not getattr(args, "no_verify", False), args.dtype)
+    s = predict(args.input, args.output, options, spec, args.workers, args.ray, progress=not args.quiet)
+    engine = {"ray": "Ray actors", "processes": "worker processes", "process": "process"}[s.engine]
+    print(f"output         {s.output} ({s.parts} parts, {s.parts_skipped} done before this run)")
+    print(f"rows           {s.rows}: {s.answered} answered, {s.rejected} rejected"
+          + (" (reasons in _rejects-*.jsonl)" if s.rejected else ""))
+    print(f"time           {s.seconds:.1f} s, {s.rows_per_second:.1f} rows/s "
+          f"({s.workers} {engine} x {s.threads} thread{'s' if s.threads > 1 else ''})")
+
+
+def add_predict_parser(sub) -> None:
+    p = sub.add_parser("predict", help="answer a JSONL or Parquet collection of questions, in resumable parts",
+                       description="Answer every row (id, question, context, optional budget) of a JSONL or Parquet "
+                                   "file or folder into a folder of parts (part-00000.jsonl ...), on every core or "
+                                   "a Ray cluster. Memory stays flat; a rerun skips the parts already written; bad "
+                                   "rows go to _rejects-*.jsonl with the reason.")
+    p.add_argument("--input", type=Path, required=True,
+                   help="a .jsonl or .parquet file, or a folder of them (read in name order)")
+    p.add_argument("--output", type=Path, required=True,
+                   help="folder of parts; a name ending in .jsonl or .parquet sets their format, else the input's")
+    add_model_args(p)
+    p.add_argument("--top-k", type=int, default=None, help="answers per row, best first (default 1)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes, each with its own session (default: one per physical core; with --ray "
+                        "the cluster's CPUs / --threads)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="ONNX Runtime threads per worker (default: physical cores / workers; 1 with --ray)")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run on Ray (pip install \"quala[ray]\"): the cluster at ADDRESS, or a local instance")
+    p.add_argument("--part-rows", type=int, default=None, help="rows per part (default 1000)")
+    p.add_argument("--max-chars", type=int, default=None,
+                   help="reject questions or contexts longer than this (default 100000 characters)")
+    p.add_argument("--limit", type=int, default=None, help="answer only the first N rows")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_predict)
 
 
 def cmd_serve(args) -> None:
@@ -319,6 +405,7 @@ def cmd_serve(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quala", description="Fast extractive question answering on CPUs with "
                                      "one length-adaptive, quantized MiniLM.")
+    parser.add_argument("--version", action="version", version=f"quala {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("eval", help="score a model on a SQuAD v1.1 file (EM/F1, official rules)",
@@ -326,8 +413,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(p)
     p.add_argument("--data", type=Path, default=None,
                    help="SQuAD v1.1 JSON file; default: the official dev set in $QUALA_SHARED (../shared)")
-    p.add_argument("--limit", type=int, default=None, help="score only the first N questions")
-    p.add_argument("--output", type=Path, default=None, help="write predictions {id: answer} to this JSON file")
+    p.add_argument("--limit", type=positive_int, default=None, help="score only the first N questions")
+    p.add_argument("--output", type=output_file, default=None,
+                   help="write predictions {id: answer} to this JSON file (checked before the run, written "
+                        "atomically)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("answer", help="answer questions about a context",
@@ -338,6 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context", "-c", default=None, help="the context text")
     p.add_argument("--context-file", type=Path, default=None,
                    help="read the context from this UTF-8 file (default: --context, else standard input)")
+    p.add_argument("--top-k", type=positive_int, default=1, help="answers per question, best first (default 1)")
     p.set_defaults(func=cmd_answer)
 
     p = sub.add_parser("train", help="fine-tune and LengthDrop-train a model on SQuAD v1.1",
@@ -362,6 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
     add_onnx_parsers(sub)
     add_search_parsers(sub)
+    add_predict_parser(sub)
     return parser
 
 

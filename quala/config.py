@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-import torch
+import numpy as np
 
 
 class QualaError(Exception):
@@ -40,20 +40,27 @@ class LengthConfig:
 
     @classmethod
     def parse(cls, text: str | LengthConfig | None) -> LengthConfig | None:
-        """'1.0,0.8,0.6' -> ratios; '315,251,242' -> token counts; 'full' or None -> None (no dropping)."""
+        """'1,0.8,0.6' -> ratios; 'tokens:315,251,242' -> token counts; 'full' or None -> None (no dropping).
+
+        Token counts need the 'tokens:' prefix, so the two can never be confused: '1,1,1' is full length, and a
+        bare '315,251,242' is refused with a hint instead of being read as ratios or counts by guess.
+        """
         if text is None or isinstance(text, LengthConfig):
             return text
         text = text.strip()
         if text.lower() in ("", "full", "none"):
             return None
-        parts = [p.strip() for p in text.replace(" ", ",").split(",") if p.strip()]
+        unit, body = ("tokens", text.split(":", 1)[1]) if text.lower().startswith("tokens:") else ("ratio", text)
+        parts = [p.strip() for p in body.replace(" ", ",").split(",") if p.strip()]
         try:
-            if all(p.isdigit() for p in parts):
-                return cls(tuple(int(p) for p in parts), "tokens")
-            return cls(tuple(float(p) for p in parts), "ratio")
+            values = [float(p) for p in parts]
         except ValueError:
             raise QualaError(f"cannot read length config {text!r}: give comma-separated ratios like "
-                             f"'1.0,0.8,0.6,0.5,0.4,0.3' or token counts like '315,251,242,159,142,33'") from None
+                             f"'1,0.8,0.6,0.5,0.4,0.3' or token counts like 'tokens:315,251,242,159,142,33'") from None
+        if unit == "ratio" and any(v > 1 for v in values) and all(v == int(v) for v in values):
+            raise QualaError(f"length config {text!r}: ratios must be in (0, 1]; for absolute token counts write "
+                             f"'tokens:{','.join(parts)}'")
+        return cls(tuple(int(v) if unit == "tokens" and v == int(v) else v for v in values), unit)
 
     def check(self, num_layers: int, max_length: int) -> LengthConfig:
         if len(self.values) != num_layers:
@@ -62,22 +69,27 @@ class LengthConfig:
             raise QualaError(f"length config {self}: {self.values[0]} tokens exceeds the maximum length {max_length}")
         return self
 
-    def token_counts(self, seq_lens: torch.Tensor) -> torch.Tensor:
-        """Tokens kept per example and layer, shape (batch, layers), each in 1..seq_len and non-increasing."""
-        seq_lens = seq_lens.long()
-        values = torch.tensor(self.values, dtype=torch.float64, device=seq_lens.device)
+    def token_counts(self, seq_lens):
+        """Tokens kept per example and layer, shape (batch, layers), each in 1..seq_len and non-increasing.
+        seq_lens: a numpy array, or a torch tensor (then a tensor on the same device is returned)."""
+        if not isinstance(seq_lens, np.ndarray) and hasattr(seq_lens, "detach"):  # a torch tensor
+            import torch
+            counts = self.token_counts(seq_lens.detach().cpu().numpy())
+            return torch.from_numpy(counts).to(seq_lens.device)
+        seq_lens = np.asarray(seq_lens, dtype=np.int64)
+        values = np.asarray(self.values, dtype=np.float64)
         if self.unit == "ratio":
-            counts = torch.ceil(values[None, :] * seq_lens[:, None].double() - 1e-9).long()  # 0.55*100 is 55.000001
+            counts = np.ceil(values[None, :] * seq_lens[:, None] - 1e-9).astype(np.int64)  # 0.55*100 is 55.000001
         else:
-            counts = values.long()[None, :].expand(len(seq_lens), -1)
-        counts = torch.minimum(counts, seq_lens[:, None]).clamp(min=1)
-        return torch.cummin(counts, dim=1).values
+            counts = np.broadcast_to(values.astype(np.int64)[None, :], (len(seq_lens), len(values)))
+        counts = np.maximum(np.minimum(counts, seq_lens[:, None]), 1)
+        return np.minimum.accumulate(counts, axis=1)
 
     def __str__(self) -> str:
         if self.unit == "tokens":
-            return ",".join(str(int(v)) for v in self.values)
+            return "tokens:" + ",".join(str(int(v)) for v in self.values)
         text = ",".join(f"{v:g}" for v in self.values)
-        # all ratios 1 would read back as token counts ('1,1,1'): write '1.0,1.0,1.0' so parse() round-trips
+        # kept as '1.0,1.0,1.0' for all-ones (older quala read '1,1,1' as token counts)
         return ",".join(f"{v:.1f}" for v in self.values) if text.replace(",", "").isdigit() else text
 
     def to_json(self) -> dict:
@@ -86,6 +98,55 @@ class LengthConfig:
     @classmethod
     def from_json(cls, obj: dict) -> LengthConfig:
         return cls(tuple(obj["values"]), obj.get("unit", "ratio"))
+
+
+def token_counts(attention_mask: np.ndarray, num_layers: int, length_config: LengthConfig | None) -> np.ndarray:
+    """(batch, layers) tokens each layer keeps for a padded batch; full length keeps every real token."""
+    seq_lens = np.asarray(attention_mask).astype(np.int64).sum(1)
+    if length_config is None:
+        return np.repeat(seq_lens[:, None], num_layers, axis=1)
+    return length_config.token_counts(seq_lens)
+
+
+@dataclass
+class ModelConfig:
+    """A BERT config.json, with quala's settings under "quala" (so transformers still loads the directory)."""
+    vocab_size: int = 30522
+    hidden_size: int = 384
+    num_hidden_layers: int = 6
+    num_attention_heads: int = 12
+    intermediate_size: int = 1536
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    pad_token_id: int = 0
+    # quala additions, saved under "quala" in config.json
+    max_seq_length: int = 384
+    doc_stride: int = 128
+    max_query_length: int = 64
+    length_config: dict | None = None  # default LengthConfig.to_json(), None = full length
+    extra: dict = field(default_factory=dict)  # free-form provenance (how the model was made)
+
+    QUALA_KEYS = ("max_seq_length", "doc_stride", "max_query_length", "length_config", "extra")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        if d.get("model_type", "bert") != "bert":
+            raise QualaError(f"model_type {d.get('model_type')!r} is not supported: quala loads BERT-family models")
+        if d.get("hidden_act", "gelu") != "gelu":
+            raise QualaError(f"hidden_act {d.get('hidden_act')!r} is not supported (only 'gelu')")
+        names = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in d.items() if k in names and k not in cls.QUALA_KEYS}
+        kwargs.update({k: v for k, v in d.get("quala", {}).items() if k in names})
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        quala = {k: d.pop(k) for k in self.QUALA_KEYS}
+        return {"architectures": ["BertForQuestionAnswering"], "model_type": "bert", "hidden_act": "gelu",
+                **d, "quala": quala}
 
 
 def shared_dir() -> Path:

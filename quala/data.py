@@ -3,10 +3,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
-import torch
 
 from quala.config import QualaError
 from quala.files import read_json
@@ -109,16 +107,13 @@ def make_features(examples: list[Example], tokenizer, max_seq_length: int = 384,
     if not examples:
         return []
     questions = [truncate_question(e.question, tokenizer, max_query_length) for e in examples]
-    enc = tokenizer(questions, [e.context for e in examples], truncation="only_second", max_length=max_seq_length,
-                    stride=doc_stride, return_overflowing_tokens=True, return_offsets_mapping=True, padding=False)
+    windows = tokenizer.windows([(q, e.context) for q, e in zip(questions, examples)], max_seq_length, doc_stride)
     features = []
-    for i, ids in enumerate(enc["input_ids"]):
-        ex_index = enc["overflow_to_sample_mapping"][i]
-        seq_ids = np.array([-1 if s is None else s for s in enc.sequence_ids(i)])
-        offsets = np.array(enc["offset_mapping"][i], dtype=np.int32)
+    for ex_index, w in windows:
+        seq_ids = np.array([-1 if s is None else s for s in w.sequence_ids])
+        offsets = np.array(w.offsets, dtype=np.int32)
         offsets[seq_ids != 1] = -1
-        f = Feature(np.array(ids, dtype=np.int64), np.array(enc["token_type_ids"][i], dtype=np.int64), offsets,
-                    ex_index)
+        f = Feature(np.array(w.ids, dtype=np.int64), np.array(w.type_ids, dtype=np.int64), offsets, ex_index)
         if training and examples[ex_index].answers:
             f.start_position, f.end_position = answer_tokens(examples[ex_index], offsets)
         features.append(f)
@@ -126,7 +121,7 @@ def make_features(examples: list[Example], tokenizer, max_seq_length: int = 384,
 
 
 def truncate_question(question: str, tokenizer, max_query_length: int) -> str:
-    offsets = tokenizer(question, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    offsets = tokenizer.question_offsets(question)
     return question if len(offsets) <= max_query_length else question[: offsets[max_query_length - 1][1]]
 
 
@@ -142,19 +137,18 @@ def answer_tokens(example: Example, offsets: np.ndarray) -> tuple[int, int]:
     return int(starts[-1]), int(ends[0])
 
 
-def collate(features: list[Feature], pad_token_id: int = 0) -> dict[str, torch.Tensor]:
-    """Dynamic padding: pad to the longest feature of the batch, not to max_seq_length."""
+def collate(features: list[Feature], pad_token_id: int = 0) -> dict[str, np.ndarray]:
+    """Dynamic padding: pad to the longest feature of the batch, not to max_seq_length (numpy int64 arrays;
+    training converts them with torch.from_numpy)."""
     n = max(len(f) for f in features)
     ids = np.full((len(features), n), pad_token_id, dtype=np.int64)
     types = np.zeros((len(features), n), dtype=np.int64)
     mask = np.zeros((len(features), n), dtype=np.int64)
     for i, f in enumerate(features):
         ids[i, : len(f)], types[i, : len(f)], mask[i, : len(f)] = f.input_ids, f.token_type_ids, 1
-    batch = {"input_ids": torch.from_numpy(ids), "token_type_ids": torch.from_numpy(types),
-             "attention_mask": torch.from_numpy(mask)}
-    batch["start_positions"] = torch.tensor([f.start_position for f in features])
-    batch["end_positions"] = torch.tensor([f.end_position for f in features])
-    return batch
+    return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask,
+            "start_positions": np.array([f.start_position for f in features], dtype=np.int64),
+            "end_positions": np.array([f.end_position for f in features], dtype=np.int64)}
 
 
 def length_grouped_batches(lengths: list[int], batch_size: int, rng: np.random.Generator | None = None
@@ -178,8 +172,9 @@ def length_grouped_batches(lengths: list[int], batch_size: int, rng: np.random.G
 class Answer:
     text: str
     score: float  # probability among the n-best candidates of the example
-    start: int  # character offsets in the context
+    start: int  # character offsets in the context (Python code points)
     end: int
+    logit: float = 0.0  # start + end logit of the span: comparable across windows and contexts
 
 
 def postprocess(examples: list[Example], features: list[Feature], start_logits: list[np.ndarray],
@@ -218,6 +213,6 @@ def ranked_answers(examples: list[Example], features: list[Feature], start_logit
         rows = rows[np.sort(first)][:n_best]
         probs = np.exp(rows[:, 0] - rows[0, 0])
         probs /= probs.sum()
-        results.append([Answer(ex.context[int(s):int(e)], float(p), int(s), int(e))
-                        for (_, s, e), p in zip(rows, probs)])
+        results.append([Answer(ex.context[int(s):int(e)], float(p), int(s), int(e), float(logit))
+                        for (logit, s, e), p in zip(rows, probs)])
     return results

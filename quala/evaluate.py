@@ -5,7 +5,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from quala.config import LengthConfig
@@ -17,7 +16,7 @@ from quala.metrics import squad_scores
 class Predictor(Protocol):
     """Anything that turns a padded batch into start/end logits and per-layer kept-token counts."""
 
-    def __call__(self, batch: dict[str, torch.Tensor], length_config: LengthConfig | None
+    def __call__(self, batch: dict[str, np.ndarray], length_config: LengthConfig | None
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 
 
@@ -26,16 +25,17 @@ class TorchPredictor:
     (a baseline for benchmarks/tradeoff.py)."""
     batch_invariant = True  # each row's logits are its own: padding is masked, no batch-wide statistics
 
-    def __init__(self, model: torch.nn.Module, dtype: torch.dtype = torch.float32, ranking: str = "attention"):
+    def __init__(self, model, dtype: str = "fp32", ranking: str = "attention"):
+        """model: a QualaForQuestionAnswering; dtype "fp32" or "bf16" (autocast)."""
         self.model = model.eval()
         self.dtype = dtype
         self.ranking = ranking
 
-    @torch.inference_mode()
     def __call__(self, batch, length_config):
+        import torch
         device = next(self.model.parameters()).device  # the model runs where it lives (CPU, or a GPU in training)
-        batch = {k: v.to(device) for k, v in batch.items()}
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16):
+        batch = {k: torch.as_tensor(v).to(device) for k, v in batch.items()}
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.dtype == "bf16"):
             kwargs = {} if self.ranking == "attention" else {"ranking": self.ranking}
             out = self.model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], length_config,
                              **kwargs)

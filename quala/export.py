@@ -17,8 +17,8 @@ from torch import nn
 from quala.config import LengthConfig, QualaError
 from quala.files import atomic_write
 from quala.modeling import QualaForQuestionAnswering
+from quala.runtime import INPUTS
 
-INPUTS = ("input_ids", "attention_mask", "token_type_ids", "token_counts")
 OUTPUTS = ("start_logits", "end_logits", "kept")
 OPSET = 17
 

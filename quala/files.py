@@ -39,6 +39,8 @@ def write_json_atomic(path: str | os.PathLike, obj: object) -> None:
 
 def read_text(path: str | os.PathLike) -> str:
     path = Path(path)
+    if path.is_dir():
+        raise QualaError(f"{path}: is a folder, not a file")
     if not path.is_file():
         raise QualaError(f"{path}: no such file")
     try:

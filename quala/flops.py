@@ -15,7 +15,6 @@ for BERT-base at 384 tokens is this MAC count (35.33 G), i.e. it calls MACs FLOP
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from quala.config import LengthConfig
 
@@ -26,7 +25,7 @@ def layer_tokens(length_config: LengthConfig | None, n: int, num_layers: int) ->
     """(tokens received, tokens kept) for each layer on an input of n real tokens."""
     if length_config is None:
         return [(n, n)] * num_layers
-    kept = length_config.token_counts(torch.tensor([n]))[0].tolist()
+    kept = length_config.token_counts(np.array([n]))[0].tolist()
     received = [n] + kept[:-1]
     return list(zip(received, kept))
 
@@ -74,7 +73,8 @@ def main(argv: list[str] | None = None) -> None:
     from pathlib import Path
 
     from quala.files import read_json
-    from quala.modeling import ModelConfig, load_tokenizer
+    from quala.config import ModelConfig
+    from quala.tokenizer import load_tokenizer
     p = argparse.ArgumentParser(prog="python -m quala.flops", description=main.__doc__)
     p.add_argument("--model", type=Path, default=None, help="model directory: price it on the SQuAD dev features")
     p.add_argument("--length-config", default=None, help="ratios or token counts (default: full length)")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import NamedTuple
 
@@ -23,49 +22,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from quala.config import LengthConfig, QualaError
+from quala.config import LengthConfig, ModelConfig, QualaError
 from quala.files import atomic_write, read_json
 from quala.onnx_ops import exporting, gather_rows, reshape, scatter_rows, top_slots
-
-
-@dataclass
-class ModelConfig:
-    vocab_size: int = 30522
-    hidden_size: int = 384
-    num_hidden_layers: int = 6
-    num_attention_heads: int = 12
-    intermediate_size: int = 1536
-    max_position_embeddings: int = 512
-    type_vocab_size: int = 2
-    layer_norm_eps: float = 1e-12
-    hidden_dropout_prob: float = 0.1
-    attention_probs_dropout_prob: float = 0.1
-    pad_token_id: int = 0
-    # quala additions, saved under "quala" in config.json
-    max_seq_length: int = 384
-    doc_stride: int = 128
-    max_query_length: int = 64
-    length_config: dict | None = None  # default LengthConfig.to_json(), None = full length
-    extra: dict = field(default_factory=dict)  # free-form provenance (how the model was made)
-
-    QUALA_KEYS = ("max_seq_length", "doc_stride", "max_query_length", "length_config", "extra")
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ModelConfig:
-        if d.get("model_type", "bert") != "bert":
-            raise QualaError(f"model_type {d.get('model_type')!r} is not supported: quala loads BERT-family models")
-        if d.get("hidden_act", "gelu") != "gelu":
-            raise QualaError(f"hidden_act {d.get('hidden_act')!r} is not supported (only 'gelu')")
-        names = {f.name for f in fields(cls)}
-        kwargs = {k: v for k, v in d.items() if k in names and k not in cls.QUALA_KEYS}
-        kwargs.update({k: v for k, v in d.get("quala", {}).items() if k in names})
-        return cls(**kwargs)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        quala = {k: d.pop(k) for k in self.QUALA_KEYS}
-        return {"architectures": ["BertForQuestionAnswering"], "model_type": "bert", "hidden_act": "gelu",
-                **d, "quala": quala}
+from quala.tokenizer import load_tokenizer
 
 
 RANKINGS = ("attention", "position")
@@ -291,17 +251,6 @@ def hf_names(model: nn.Module) -> dict[str, str]:
         prefix = next(p for p in prefixes if name.startswith(p))
         names[name] = prefixes[prefix] + name[len(prefix):]
     return names
-
-
-def load_tokenizer(path: str | os.PathLike):
-    from transformers import AutoTokenizer
-    path = Path(path)
-    if not (path / "tokenizer.json").is_file() and not (path / "vocab.txt").is_file():
-        raise QualaError(f"{path}: no tokenizer files (tokenizer.json or vocab.txt)")
-    try:
-        return AutoTokenizer.from_pretrained(str(path))
-    except Exception as e:  # transformers raises many types for a broken tokenizer folder
-        raise QualaError(f"{path}: cannot load the tokenizer ({type(e).__name__}: {e})") from None
 
 
 def load(path: str | os.PathLike) -> tuple[QualaForQuestionAnswering, object]:

@@ -19,8 +19,7 @@ import numpy as np
 import onnx
 from tqdm.auto import tqdm
 
-from quala.config import LengthConfig, QualaError, squad_path
-from quala.export import token_counts
+from quala.config import LengthConfig, QualaError, squad_path, token_counts
 from quala.files import atomic_write
 
 MODES = ("dynamic", "static")
@@ -71,8 +70,8 @@ class CalibrationReader:
         for idx, lc in zip(batches, itertools.cycle(configs)):
             b = collate([features[i] for i in idx])
             counts = token_counts(b["attention_mask"], num_layers, lc)
-            self.feeds.append({"input_ids": b["input_ids"].numpy(), "attention_mask": b["attention_mask"].numpy(),
-                               "token_type_ids": b["token_type_ids"].numpy(), "token_counts": counts.numpy()})
+            self.feeds.append({"input_ids": b["input_ids"], "attention_mask": b["attention_mask"],
+                               "token_type_ids": b["token_type_ids"], "token_counts": counts})
         self.bar = tqdm(total=len(self.feeds), desc="calibrate", unit="batch", leave=False)
         self.it = iter(self.feeds)
 

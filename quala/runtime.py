@@ -9,14 +9,14 @@ import os
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from quala.config import LengthConfig, QualaError
-from quala.export import INPUTS, token_counts
+from quala.config import LengthConfig, ModelConfig, QualaError, token_counts
 from quala.files import read_json
-from quala.modeling import ModelConfig, load_tokenizer
+from quala.tokenizer import load_tokenizer
 
 RUNTIMES = ("auto", "torch", "onnx", "onnx-int8")
+DTYPES = ("fp32", "bf16")
+INPUTS = ("input_ids", "attention_mask", "token_type_ids", "token_counts")  # quala.export's graph inputs
 ONNX_FILES = {"onnx-int8": "model.int8.onnx", "onnx": "model.onnx"}
 # ONNX Runtime's fused SkipLayerNormalization kernel is slower on CPU here than the Add + LayerNormalization it
 # replaces: 10.83 -> 9.43 ms per feature at batch 1 for the full-length INT8 model (and 9.48 -> 8.72 ms for a plain
@@ -75,15 +75,14 @@ class OnnxPredictor:
             raise QualaError(f"{self.path}: the graph has {layers} layers; config.json says "
                              f"num_hidden_layers={self.config.num_hidden_layers}")
 
-    def __call__(self, batch: dict[str, torch.Tensor], length_config: LengthConfig | None
+    def __call__(self, batch: dict[str, np.ndarray], length_config: LengthConfig | None
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         layers = self.config.num_hidden_layers
         if length_config is not None:
             length_config.check(layers, self.config.max_seq_length)
         mask = batch["attention_mask"]
-        feed = {"input_ids": batch["input_ids"].numpy(), "attention_mask": mask.numpy(),
-                "token_type_ids": batch["token_type_ids"].numpy(),
-                "token_counts": token_counts(mask, layers, length_config).numpy()}
+        feed = {"input_ids": batch["input_ids"], "attention_mask": mask, "token_type_ids": batch["token_type_ids"],
+                "token_counts": token_counts(mask, layers, length_config)}
         feed = {k: np.ascontiguousarray(v, dtype=np.int64) for k, v in feed.items()}
         start, end, kept = run_micro_batches(self.session, feed, self.micro_batch, token_outputs=2)
         return start, end, kept
@@ -123,25 +122,27 @@ def dynamic_activation_scales(path: Path) -> bool:
     return any(n.op_type in ("DynamicQuantizeLinear", "DynamicQuantizeMatMul") for n in graph.node)
 
 
-def choose_runtime(model_dir: Path, runtime: str, dtype: torch.dtype) -> str:
+def choose_runtime(model_dir: Path, runtime: str, dtype: str = "fp32") -> str:
     """'auto' -> onnx-int8 if DIR/model.int8.onnx exists, else onnx, else torch (always torch for bf16)."""
     if runtime not in RUNTIMES:
         raise QualaError(f"runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
+    if dtype not in DTYPES:
+        raise QualaError(f"dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     if runtime != "auto":
-        if runtime != "torch" and dtype != torch.float32:
+        if runtime != "torch" and dtype != "fp32":
             raise QualaError(f"--dtype bf16 runs on the torch runtime only, not {runtime}")
         return runtime
-    if dtype == torch.float32:
+    if dtype == "fp32":
         for name, file in ONNX_FILES.items():
             if (model_dir / file).is_file():
                 return name
     if (model_dir / "model.safetensors").is_file():
         return "torch"
     raise QualaError(f"{model_dir}: no model weights (model.int8.onnx, model.onnx or model.safetensors)"
-                     + ("; bf16 needs model.safetensors" if dtype != torch.float32 else ""))
+                     + ("; bf16 needs model.safetensors" if dtype != "fp32" else ""))
 
 
-def load_predictor(model_dir: str | os.PathLike, runtime: str = "auto", dtype: torch.dtype = torch.float32,
+def load_predictor(model_dir: str | os.PathLike, runtime: str = "auto", dtype: str = "fp32",
                    threads: int | None = None) -> tuple[object, object, ModelConfig]:
     """A model directory -> (predictor, tokenizer, ModelConfig). Directories may hold only ONNX files."""
     model_dir = Path(model_dir)
@@ -149,8 +150,12 @@ def load_predictor(model_dir: str | os.PathLike, runtime: str = "auto", dtype: t
         raise QualaError(f"{model_dir}: not a model directory (no config.json)")
     name = choose_runtime(model_dir, runtime, dtype)
     if name == "torch":
-        from quala.evaluate import TorchPredictor
-        from quala.modeling import QualaForQuestionAnswering
+        try:
+            from quala.evaluate import TorchPredictor
+            from quala.modeling import QualaForQuestionAnswering
+        except ImportError as e:
+            raise QualaError(f"the torch runtime needs PyTorch ({e}): pip install torch==2.13.0 "
+                             f"'quala[train]', or use an ONNX runtime") from None
         model = QualaForQuestionAnswering.from_pretrained(model_dir)
         return TorchPredictor(model, dtype), load_tokenizer(model_dir), model.config
     config = ModelConfig.from_dict(read_json(model_dir / "config.json"))

@@ -20,16 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from quala import flops
 from quala.budget import Front, FrontPoint, front_path, name_points, read_front, write_front
-from quala.config import LengthConfig, QualaError, squad_path
+from quala.config import LengthConfig, ModelConfig, QualaError, squad_path
 from quala.data import Example, Feature, collate, load_squad, make_features, split_articles
 from quala.evaluate import Predictor, TorchPredictor, evaluate
 from quala.files import read_json, write_json_atomic
-from quala.modeling import ModelConfig
 
 CACHE_FILE = "search_cache.json"
 STATE_FILE = "search_state.json"
@@ -263,7 +261,7 @@ def measure_latencies(predictor: Predictor, features: list[Feature], lcs: list[L
 def runtime_name(predictor: Predictor) -> str:
     """'torch-fp32', 'torch-bf16', 'onnxruntime:model.int8.onnx' (a predictor with a .path), or its .name."""
     if isinstance(predictor, TorchPredictor):
-        return "torch-bf16" if predictor.dtype == torch.bfloat16 else "torch-fp32"
+        return "torch-bf16" if predictor.dtype == "bf16" else "torch-fp32"
     if getattr(predictor, "path", None) is not None:
         return f"onnxruntime:{Path(predictor.path).name}"
     return str(getattr(predictor, "name", type(predictor).__name__))

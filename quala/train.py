@@ -69,6 +69,11 @@ class TrainConfig:
 
 
 # ---- losses ------------------------------------------------------------------------------------------------------
+def to_device(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+    """A collated numpy batch as tensors on the training device."""
+    return {k: torch.from_numpy(v).to(device) for k, v in batch.items()}
+
+
 def masked_logits(logits: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     return logits.float().masked_fill(attention_mask == 0, MASKED)
 
@@ -203,7 +208,7 @@ class Trainer:
         order = length_grouped_batches(self.lengths, 64)
         with torch.inference_mode(), self.autocast():
             for idx in tqdm(order, desc="teacher logits", disable=self.rank != 0):
-                b = {k: v.to(self.device) for k, v in collate([self.features[i] for i in idx]).items()}
+                b = to_device(collate([self.features[i] for i in idx]), self.device)
                 out = teacher(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
                               token_type_ids=b["token_type_ids"])
                 n = b["input_ids"].shape[1]
@@ -313,7 +318,7 @@ class Trainer:
                 epoch, position = divmod(self.step, self.batches_per_epoch)
                 batches = self.epoch_batches(epoch)
                 for idx in batches[position:]:
-                    batch = {k: v.to(self.device) for k, v in collate([self.features[i] for i in idx]).items()}
+                    batch = to_device(collate([self.features[i] for i in idx]), self.device)
                     loss = self.train_step(batch, idx)
                     seen += len(idx) * self.world
                     rate = seen / (time.monotonic() - t0)
@@ -358,7 +363,7 @@ class Trainer:
             configs += ([LengthConfig.parse(c) for c in self.cfg.eval_length_configs] if self.cfg.eval_length_configs
                         else [linear_config(len(self.model.layers), 0.8, 0.3),
                               linear_config(len(self.model.layers), 0.6, 0.2)])
-        dtype = torch.bfloat16 if self.cfg.bf16 else torch.float32
+        dtype = "bf16" if self.cfg.bf16 else "fp32"
         results = {}
         for lc in configs:
             r = evaluate(TorchPredictor(self.model, dtype), self.tokenizer, examples, lc,

@@ -53,6 +53,80 @@ def test_bad_input_gives_a_clear_error(argv, message, tiny_model_dir, capsys):
     assert message in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["eval", "--batch-size", "0"], "--batch-size: must be at least 1, got 0"),
+    (["eval", "--batch-size", "-1"], "--batch-size: must be at least 1, got -1"),
+    (["eval", "--limit", "0"], "--limit: must be at least 1, got 0"),
+    (["eval", "--limit", "-5"], "--limit: must be at least 1, got -5"),
+    (["eval", "--output", "/nonexistent-folder/pred.json"], "/nonexistent-folder: no such folder"),
+    (["answer", "-q", "Why?", "-c", "x", "--top-k", "0"], "--top-k: must be at least 1"),
+    (["search", "--population", "0"], "--population: must be at least 1"),
+    (["train", "--output", "x", "--lr", "-1"], "--lr: must be a positive number"),
+])
+def test_numeric_options_and_outputs_are_checked_before_any_work(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(argv)
+    assert exit.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_output_that_is_a_folder_is_refused_before_the_run(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "--output", str(tmp_path)])
+    assert "is a folder; give a file name" in capsys.readouterr().err
+
+
+def test_context_file_that_is_a_folder(tiny_model_dir, tmp_path, capsys):
+    assert main(["answer", "--model", str(tiny_model_dir), "-q", "What?", "--context-file", str(tmp_path)]) == 2
+    assert "is a folder, not a file" in capsys.readouterr().err
+
+
+def test_answer_without_context_on_a_terminal_says_so(tiny_model_dir, capsys, monkeypatch):
+    class Terminal(__import__("io").StringIO):
+        def isatty(self):
+            return True
+    monkeypatch.setattr("sys.stdin", Terminal(""))
+    assert main(["answer", "--model", str(tiny_model_dir), "-q", "What?"]) == 2
+    assert "no context: give --context" in capsys.readouterr().err
+
+
+def test_all_ones_length_config_is_full_length(tiny_model_dir, data_dir, capsys):
+    """'1,1,1' once meant one token per layer: now it is the full length (kept tokens = real tokens)."""
+    args = ["eval", "--model", str(tiny_model_dir), "--data", str(data_dir / "dev.json"), "--limit", "3"]
+    assert main(args + ["--length-config", "1,1,1"]) == 0
+    ones = capsys.readouterr().out
+    assert main(args) == 0
+    full = capsys.readouterr().out
+    kept = re.search(r"kept tokens\s+([\d. ]+)", ones).group(1).split()
+    assert float(kept[0]) > 50 and len(set(kept)) == 1
+    assert re.search(r"F1\s+([\d.]+)", ones).group(1) == re.search(r"F1\s+([\d.]+)", full).group(1)
+
+
+def test_checksum_mismatch_names_the_file(tiny_model_dir, tmp_path, capsys):
+    import hashlib
+    import shutil
+    d = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, d)
+    sums = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in d.iterdir()}
+    (d / "SHA256SUMS.json").write_text(json.dumps(sums))
+    args = ["answer", "--model", str(d), "-q", "What?", "-c", "Cats sleep."]
+    assert main(args) == 0
+    capsys.readouterr()
+    data = bytearray((d / "model.safetensors").read_bytes())
+    data[-200:] = bytes(255 - b for b in data[-200:])  # 200 bytes flipped
+    (d / "model.safetensors").write_bytes(bytes(data))
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "model.safetensors: checksum mismatch" in err and "--no-verify" in err
+    assert main(args + ["--no-verify"]) == 0
+
+
+def test_version(capsys):
+    import quala
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"quala {quala.__version__}"
+
+
 def test_non_utf8_context_file(tiny_model_dir, tmp_path, capsys):
     bad = tmp_path / "latin1.txt"
     bad.write_bytes("caf\xe9".encode("latin-1"))

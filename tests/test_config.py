@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -6,7 +7,8 @@ from quala.config import LengthConfig, QualaError
 
 def test_parse_ratios_and_tokens():
     assert LengthConfig.parse("1.0,0.8,0.5") == LengthConfig((1.0, 0.8, 0.5), "ratio")
-    assert LengthConfig.parse("315,251,242,159,142,33").unit == "tokens"
+    assert LengthConfig.parse("tokens:315,251,242,159,142,33") == LengthConfig((315, 251, 242, 159, 142, 33), "tokens")
+    assert str(LengthConfig.parse("tokens:315,251,33")) == "tokens:315,251,33"
     assert LengthConfig.parse("full") is None and LengthConfig.parse(None) is None
     assert str(LengthConfig.parse("1.0,0.8,0.5")) == "1,0.8,0.5"
 
@@ -16,7 +18,9 @@ def test_parse_ratios_and_tokens():
     ("1.5,1.0", "not in (0, 1]"),
     ("0.5,abc", "cannot read"),
     ("0.0,0.0", "not in (0, 1]"),
-    ("0,0", "whole number >= 1"),
+    ("tokens:0,0", "whole number >= 1"),
+    ("tokens:30.5,2", "whole number >= 1"),
+    ("315,251,242", "for absolute token counts write 'tokens:315,251,242'"),
 ])
 def test_invalid_configs_name_the_problem(text, message):
     with pytest.raises(QualaError, match=message.replace("(", r"\(").replace(")", r"\)").replace("]", r"\]")):
@@ -27,7 +31,15 @@ def test_check_against_model():
     with pytest.raises(QualaError, match="has 2 values; the model has 6 layers"):
         LengthConfig.parse("1.0,0.5").check(6, 384)
     with pytest.raises(QualaError, match="exceeds the maximum length 384"):
-        LengthConfig.parse("400,300").check(2, 384)
+        LengthConfig.parse("tokens:400,300").check(2, 384)
+
+
+def test_all_ones_means_full_length_never_one_token():
+    """'1,1,1' once read as one token per layer, answering garbage: it is the full length."""
+    lc = LengthConfig.parse("1,1,1")
+    assert lc == LengthConfig((1.0, 1.0, 1.0), "ratio")
+    assert lc.token_counts(np.array([50, 7])).tolist() == [[50, 50, 50], [7, 7, 7]]
+    assert LengthConfig.parse(str(lc)) == lc
 
 
 def test_token_counts_per_example():

@@ -15,7 +15,7 @@ def counted_macs(model, n: int, length_config) -> int:
     return counter.get_total_flops() // 2  # FlopCounterMode counts a multiply-accumulate as 2 FLOPs
 
 
-@pytest.mark.parametrize("lc", [None, "1,1,1", "0.9,0.6,0.4", "0.5,0.5,0.05", "100,60,7", "1,0.3,0.3"])
+@pytest.mark.parametrize("lc", [None, "1,1,1", "0.9,0.6,0.4", "0.5,0.5,0.05", "tokens:100,60,7", "1,0.3,0.3"])
 @pytest.mark.parametrize("n", [128, 77, 9])
 def test_cost_model_matches_flop_counter(lc, n):
     torch.manual_seed(0)
@@ -27,7 +27,7 @@ def test_cost_model_matches_flop_counter(lc, n):
 def test_layers_attend_over_received_tokens_and_feed_forward_over_kept():
     assert layer_tokens(LengthConfig.parse("0.5,0.25"), 100, 2) == [(100, 50), (50, 25)]
     assert layer_tokens(None, 100, 2) == [(100, 100), (100, 100)]
-    assert layer_tokens(LengthConfig.parse("300,200"), 100, 2) == [(100, 100), (100, 100)]  # capped at n
+    assert layer_tokens(LengthConfig.parse("tokens:300,200"), 100, 2) == [(100, 100), (100, 100)]  # capped at n
 
 
 def test_bert_base_at_384_tokens_is_the_papers_35_gmacs():
@@ -46,10 +46,10 @@ def test_mean_over_features_and_speedup():
 
 def test_cli_prices_real_lengths_and_windows_padded_as_the_original_work_timed(tiny_model_dir, capsys):
     from quala.flops import main
-    main(["--model", str(tiny_model_dir), "--length-config", "100,60,20", "--limit", "20"])
+    main(["--model", str(tiny_model_dir), "--length-config", "tokens:100,60,20", "--limit", "20"])
     out = capsys.readouterr().out.splitlines()
     real, padded = out[2], out[3]
-    assert "[100,60,20] on" in real and "dev features" in real
+    assert "[tokens:100,60,20] on" in real and "dev features" in real
     assert padded.startswith("real tokens per feature: mean ") and "padded to 128:" in padded
     # fixed token counts cut a window padded to 128 tokens by more than the same counts cut the real lengths
     assert float(padded.split(", ")[-1].split("x")[0]) > float(real.split(", ")[-1].split("x")[0]) > 1.0

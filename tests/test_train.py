@@ -1,11 +1,17 @@
+import math
+import os
+import signal
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from quala.config import QualaError
 from quala.data import collate
 from quala.modeling import QualaForQuestionAnswering
-from quala.train import TrainConfig, Trainer, distill_loss, sample_ratios, span_loss, train
+from quala.train import TrainConfig, Trainer, distill_loss, sample_ratios, sample_skipped_layers, span_loss, to_device, \
+    train
 
 
 def make_trainer(model_dir, data_dir, tmp_path, stage="finetune", **kw) -> Trainer:
@@ -20,7 +26,7 @@ def make_trainer(model_dir, data_dir, tmp_path, stage="finetune", **kw) -> Train
 
 def fixed_loss(t: Trainer) -> float:
     t.model.eval()
-    b = collate(t.features[:16])
+    b = to_device(collate(t.features[:16]), "cpu")
     with torch.no_grad():
         out = t.model(b["input_ids"], b["attention_mask"], b["token_type_ids"])
     t.model.train()
@@ -39,7 +45,7 @@ def test_sandwich_runs_full_smallest_and_random_submodels(tiny_model_dir, data_d
     t = make_trainer(tiny_model_dir, data_dir, tmp_path, "lengthdrop", num_sandwich=2, layer_dropout_prob=0.0)
     kept = []
     t.model.register_forward_hook(lambda m, i, out: kept.append(out.kept))
-    b = collate(t.features[:8])
+    b = to_device(collate(t.features[:8]), "cpu")
     t.train_step(b, list(range(8)))
     lens = b["attention_mask"].sum(1)
     assert len(kept) == 4  # full, smallest, two random
@@ -97,7 +103,7 @@ def test_teacher_pulls_student_toward_its_logits(tiny_model_dir, data_dir, tmp_p
     t = make_trainer(tiny_model_dir, data_dir, tmp_path / "s", teacher=str(teacher_dir), alpha=1.0, temperature=1.0)
 
     def gap() -> float:
-        b = collate(t.features[:16])
+        b = to_device(collate(t.features[:16]), "cpu")
         with torch.no_grad():
             t.model.eval()
             out = t.model(b["input_ids"], b["attention_mask"], b["token_type_ids"])
@@ -120,3 +126,130 @@ def test_train_command_writes_loadable_models(tiny_model_dir, data_dir, tmp_path
     for stage in ("finetune", "lengthdrop"):
         QualaForQuestionAnswering.from_pretrained(tmp_path / stage)
         assert (tmp_path / stage / "log.jsonl").read_text().count("\n") >= 2
+
+
+# ---- the losses, pinned by hand -----------------------------------------------------------------------------------
+def test_distillation_is_kl_from_the_target_to_the_student_by_hand():
+    """KL(target || student), mean over rows, start and end averaged, times T^2. Row 0: target softmax (0.8, 0.1,
+    0.1), student uniform: KL = 0.8 ln 2.4 + 0.2 ln 0.3 = 0.4596 (the other direction would be 0.5108). Row 1 the
+    other way round: KL(uniform || (0.8, 0.1, 0.1)) = ln(1/2.4)/3 + 2/3 ln(1/0.3) = 0.5108. Padding (column 3)
+    carries huge logits that must not count; the end logits agree, so their KL is 0."""
+    big = math.log(8.0)
+    student = torch.tensor([[0.0, 0.0, 0.0, 50.0], [big, 0.0, 0.0, -50.0]])
+    target = torch.tensor([[big, 0.0, 0.0, -50.0], [0.0, 0.0, 0.0, 50.0]], requires_grad=True)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 0]])
+    start_kl = (0.8 * math.log(2.4) + 0.2 * math.log(0.3) + math.log(1 / 2.4) / 3 + 2 / 3 * math.log(1 / 0.3)) / 2
+    loss = distill_loss(student, student.clone(), target, student.clone(), mask)
+    assert loss.item() == pytest.approx(start_kl / 2, rel=1e-5)
+    assert start_kl / 2 == pytest.approx(0.2426, abs=1e-4)
+    # temperature: both distributions softened by T, the loss scaled by T^2
+    t = 2.0
+    q = np.exp([big / t, 0, 0]) / np.exp([big / t, 0, 0]).sum()
+    by_hand = (np.sum(q * np.log(q * 3)) + np.sum(np.log(1 / 3 / q)) / 3) / 2 / 2 * t ** 2
+    assert distill_loss(student, student, target, student, mask, t).item() == pytest.approx(by_hand, rel=1e-5)
+    student = student.clone().requires_grad_()
+    distill_loss(student, student, target, student, mask).backward()
+    assert target.grad is None and student.grad.abs().sum() > 0  # the target is a fixed distribution
+
+
+def test_span_loss_by_hand():
+    """Cross-entropy of the gold start and end over the real tokens only, start and end averaged."""
+    start = torch.tensor([[0.0, math.log(3.0), 0.0, 40.0]])
+    end = torch.tensor([[0.0, 0.0, 0.0, 40.0]])
+    batch = {"attention_mask": torch.tensor([[1, 1, 1, 0]]), "start_positions": torch.tensor([1]),
+             "end_positions": torch.tensor([2])}
+    assert span_loss(start, end, batch).item() == pytest.approx((-math.log(3 / 5) - math.log(1 / 3)) / 2, rel=1e-5)
+
+
+# ---- LayerDrop ----------------------------------------------------------------------------------------------------
+def test_layerdrop_skips_the_sampled_layers_of_the_random_submodels(tiny_model_dir, data_dir, tmp_path):
+    """With LayerDrop on, each random sub-model skips the layers the sampler draws (replayed here from the same
+    seed): they do not run, and pass their tokens on unchanged; the full and the smallest model skip nothing."""
+    t = make_trainer(tiny_model_dir, data_dir, tmp_path, "lengthdrop", num_sandwich=2, layer_dropout_prob=0.5)
+    calls, kept = [], []
+    for i, layer in enumerate(t.model.layers):
+        layer.register_forward_hook(lambda m, inp, out, i=i: calls[-1].add(i))
+    t.model.register_forward_pre_hook(lambda m, inp: calls.append(set()))
+    t.model.register_forward_hook(lambda m, inp, out: kept.append(out.kept))
+    rng = np.random.default_rng(t.cfg.seed + 1)
+    expected = []
+    b = to_device(collate(t.features[:8]), "cpu")
+    lens = b["attention_mask"].sum(1)
+    for _ in range(3):
+        t.train_step(b, list(range(8)))
+        expected += [frozenset(), frozenset()]  # the full model, the smallest sub-model
+        for _ in range(2):
+            ratios = sample_ratios(3, 0.2, rng)
+            expected.append(sample_skipped_layers(3, 0.5, rng))
+    assert [set(range(3)) - c for c in calls] == [set(s) for s in expected]
+    assert any(expected)
+    for skipped, k in zip(expected, kept):
+        for layer in skipped:
+            previous = lens if layer == 0 else k[:, layer - 1]
+            assert torch.equal(k[:, layer], previous)  # a skipped layer keeps what it received
+    assert ratios == pytest.approx(t.used_ratios[-1])  # the replayed sampler is the trainer's
+
+
+def test_skipped_layers_are_drawn_with_the_probability_and_never_all():
+    rng = np.random.default_rng(0)
+    draws = [sample_skipped_layers(4, 0.3, rng) for _ in range(4000)]
+    assert all(len(d) < 4 for d in draws) and any(len(d) == 3 for d in draws)
+    for layer in range(4):
+        assert sum(layer in d for d in draws) / len(draws) == pytest.approx(0.3, abs=0.03)
+    assert sample_skipped_layers(4, 0.0, rng) == frozenset()
+    assert sample_skipped_layers(2, 1.0, rng) == frozenset()  # every layer drawn: nothing is skipped
+
+
+# ---- checkpoints --------------------------------------------------------------------------------------------------
+def test_corrupted_or_wrong_stage_checkpoint_is_a_clear_error(tiny_model_dir, data_dir, tmp_path):
+    first = make_trainer(tiny_model_dir, data_dir, tmp_path, "finetune", max_steps=4, stop_after_steps=1)
+    assert not first.run()
+    with pytest.raises(QualaError, match=r"checkpoint\.pt: a checkpoint of stage 'finetune', not 'lengthdrop'"):
+        make_trainer(tiny_model_dir, data_dir, tmp_path, "lengthdrop", resume=True).run()
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(QualaError, match=r"checkpoint\.pt: cannot read the checkpoint"):
+        make_trainer(tiny_model_dir, data_dir, tmp_path, "finetune", resume=True).run()
+
+
+class NotHandled(Exception):
+    pass
+
+
+def test_sigterm_saves_a_checkpoint_that_resumes_exactly(tiny_model_dir, data_dir, tmp_path):
+    """A real SIGTERM at the start of step 4 of 6: the checkpoint holds 3 steps, and --resume ends where an
+    uninterrupted run ends."""
+    kw = dict(model=str(tiny_model_dir), stage="lengthdrop", train_file=str(data_dir / "train.json"),
+              dev_file=str(data_dir / "dev.json"), max_seq_length=128, doc_stride=48, batch_size=8, lr=2e-3,
+              bf16=False, warmup_ratio=0.0, epochs_lengthdrop=20, max_steps=6, checkpoint_minutes=1e9, eval_limit=2,
+              eval_length_configs=["0.5,0.5,0.5"])
+    straight = train(TrainConfig(output=str(tmp_path / "a"), **kw))
+    forwards = []
+
+    def terminate_at_step_4(module, inputs):
+        if isinstance(module, QualaForQuestionAnswering) and module.training:
+            forwards.append(1)
+            if len(forwards) == 3 * 4 + 1:  # lengthdrop: full + smallest + 2 random forwards per step
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    def not_handled(*_):
+        raise NotHandled("quala.train did not install its SIGTERM handler")
+
+    previous = signal.signal(signal.SIGTERM, not_handled)
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(terminate_at_step_4)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(TrainConfig(output=str(tmp_path / "b"), **kw))
+    finally:
+        hook.remove()
+        signal.signal(signal.SIGTERM, previous)
+    state = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    assert state["step"] == 3 and state["stage"] == "lengthdrop"
+    assert not (tmp_path / "b" / "train_done.json").exists()
+    try:
+        resumed = train(TrainConfig(output=str(tmp_path / "b"), resume=True, **kw))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    a, b = (QualaForQuestionAnswering.from_pretrained(d).state_dict() for d in (straight, resumed))
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-6), name
+    assert '"steps": 6' in (tmp_path / "b" / "train_done.json").read_text()
