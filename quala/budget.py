@@ -10,7 +10,6 @@ the cheaper one.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -139,23 +138,63 @@ BUDGET_FORMS = ("a latency ('20ms', '0.05s'), a cost ('2.5GMACs'), a speedup ove
                 "or a named point (fastest, balanced, accurate)")
 UNITS = {"ms": ("latency_ms", 1.0), "s": ("latency_ms", 1000.0), "gmacs": ("gmacs", 1.0), "gmac": ("gmacs", 1.0),
          "x": ("speedup", 1.0)}
+MAX_BUDGET_CHARS = 64  # budgets come from HTTP requests too: refuse long ones before reading them
 
 
 def parse_budget(text: str) -> Budget:
+    """A budget string -> Budget. One left-to-right pass over at most MAX_BUDGET_CHARS characters (no regular
+    expression, so no input can make it slow)."""
+    if not isinstance(text, str):
+        raise QualaError(f"budget must be a string, got {type(text).__name__}")
+    if len(text) > MAX_BUDGET_CHARS:
+        raise QualaError(f"budget is {len(text)} characters long; the limit is {MAX_BUDGET_CHARS}: give {BUDGET_FORMS}")
     t = text.strip()
-    if t.lower() in NAMED or re.fullmatch(r"p\d+", t):
+    if not t:
+        raise QualaError(f"budget is empty: give {BUDGET_FORMS}")
+    if t.lower() in NAMED or is_point_name(t):
         return Budget("name", t.lower(), text)
-    m = re.fullmatch(r"([0-9]*\.?[0-9]+(?:e[-+]?\d+)?)\s*([a-zA-Z]*)", t)
-    if not m:
+    number, rest = split_number(t)
+    unit = rest.lstrip()
+    if not number or not (unit.isascii() and (unit.isalpha() or not unit)):
         raise QualaError(f"cannot read budget {text!r}: give {BUDGET_FORMS}")
-    number, unit = float(m.group(1)), m.group(2).lower()
-    if unit not in UNITS:
-        what = f"unknown unit {m.group(2)!r}" if unit else "no unit"
+    if unit.lower() not in UNITS:
+        what = f"unknown unit {unit!r}" if unit else "no unit"
         raise QualaError(f"budget {text!r}: {what}; give {BUDGET_FORMS}")
-    if number <= 0:
+    value = float(number)
+    if not value > 0:
         raise QualaError(f"budget {text!r}: must be positive")
-    kind, scale = UNITS[unit]
-    return Budget(kind, number * scale, text)
+    if value == float("inf"):
+        raise QualaError(f"budget {text!r}: too large")
+    kind, scale = UNITS[unit.lower()]
+    return Budget(kind, value * scale, text)
+
+
+def is_point_name(t: str) -> bool:
+    """'p0', 'p12': the names the search gives front points."""
+    return len(t) > 1 and t[0] == "p" and t[1:].isascii() and t[1:].isdigit()
+
+
+def split_number(t: str) -> tuple[str, str]:
+    """'-2.5e3 ms' -> ('-2.5e3', ' ms'): a signed decimal with an optional exponent, then the rest; ('', t) when t
+    does not start with one."""
+    i = 1 if t[:1] in "+-" else 0
+    digits = 0
+    while i < len(t) and t[i].isascii() and t[i].isdigit():
+        i, digits = i + 1, digits + 1
+    if i < len(t) and t[i] == ".":
+        i += 1
+        while i < len(t) and t[i].isascii() and t[i].isdigit():
+            i, digits = i + 1, digits + 1
+    if not digits:
+        return "", t
+    if i < len(t) and t[i] in "eE":  # an exponent only when digits follow; otherwise 'e' starts the unit
+        j = i + 2 if t[i + 1:i + 2] in ("+", "-") else i + 1
+        k = j
+        while k < len(t) and t[k].isascii() and t[k].isdigit():
+            k += 1
+        if k > j:
+            i = k
+    return t[:i], t[i:]
 
 
 def fits(p: FrontPoint, budget: Budget) -> bool:

@@ -1,4 +1,5 @@
 import json
+import time
 
 import pytest
 
@@ -50,12 +51,38 @@ def test_impossible_budget_names_the_cheapest_point(front, budget):
 
 
 @pytest.mark.parametrize("budget, message", [
-    ("5kg", "unknown unit 'kg'"), ("3", "no unit"), ("fast", "cannot read budget"), ("-2x", "cannot read budget"),
-    ("0x", "must be positive"), ("p9", "no point named 'p9'"),
+    ("5kg", "unknown unit 'kg'"), ("3", "no unit"), ("fast", "cannot read budget"), ("-2x", "must be positive"),
+    ("0x", "must be positive"), ("-1ms", "must be positive"), ("p9", "no point named 'p9'"), ("", "budget is empty"),
+    ("   ", "budget is empty"), ("1e999ms", "too large"), ("\u0663x", "cannot read budget"), ("2 ms!", "cannot read"),
+    ("1.5.2x", "cannot read"), ("x" * 65, "65 characters long; the limit is 64"),
 ])
 def test_bad_budget_is_a_clear_error(front, budget, message):
     with pytest.raises(QualaError, match=message):
         select(front, budget)
+
+
+@pytest.mark.parametrize("text, kind, value", [
+    (".5x", "speedup", 0.5), ("3.x", "speedup", 3.0), ("1e3ms", "latency_ms", 1000.0), ("2.5E-1 s", "latency_ms", 250.0),
+    (" 2.5 GMACs ", "gmacs", 2.5), ("+4x", "speedup", 4.0), ("P1", None, None),
+])
+def test_budget_forms(text, kind, value):
+    if kind is None:
+        with pytest.raises(QualaError, match="cannot read"):
+            parse_budget(text)
+        return
+    b = parse_budget(text)
+    assert (b.kind, b.value) == (kind, pytest.approx(value))
+
+
+def test_budget_parsing_time_does_not_grow_with_hostile_input():
+    """A regular expression with nested repetition took 14 s on 12 KB of digits and a '!'; the parser now refuses
+    long budgets before reading them and reads the rest in one pass."""
+    started = time.perf_counter()
+    for n in (64, 12_000, 1_000_000):
+        for tail in ("!", "e", "e+", ".", "x!"):
+            with pytest.raises(QualaError):
+                parse_budget("1" * (n - len(tail)) + tail)
+    assert time.perf_counter() - started < 0.05
 
 
 def test_latency_budget_needs_measured_latencies(front):
