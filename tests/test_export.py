@@ -68,3 +68,56 @@ def test_export_command_leaves_the_model_in_eval_mode(tiny_model_dir, tmp_path, 
     assert {n.op_type for n in graph.node} >= {"TopK", "Gather", "ScatterND"}
     export_onnx(peaky_model, tmp_path / "again.onnx")
     assert not peaky_model.training and not any(m.training for m in peaky_model.modules())
+
+
+def reference_attention_received(model, ids, mask, types) -> np.ndarray:
+    """Layer 0's attention received by each token, summed over heads and real queries: float64 numpy, written out
+    from the weights (an independent check of the ranking, whatever the graph computes)."""
+    layer, heads = model.layers[0], model.config.num_attention_heads
+    with torch.no_grad():
+        x = model.embed(ids, types).double().numpy()
+    w = {name: tuple(p.detach().double().numpy() for p in (getattr(layer, name).weight, getattr(layer, name).bias))
+         for name in ("query", "key")}
+    b, n, h = x.shape
+    d = h // heads
+    q, k = ((x @ w[name][0].T + w[name][1]).reshape(b, n, heads, d).transpose(0, 2, 1, 3) for name in ("query", "key"))
+    scores = q @ k.transpose(0, 1, 3, 2) / np.sqrt(d)
+    real = mask.numpy().astype(bool)
+    scores = np.where(real[:, None, None, :], scores, -np.inf)
+    probs = np.exp(scores - scores.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    return (probs * real[:, None, :, None]).sum(axis=(1, 2))
+
+
+def test_onnx_graph_keeps_the_most_attended_tokens(session, peaky_model):
+    """Which tokens layer 0 kept, read from the graph's output: a token dropped at layer 0 keeps its embedding, so its
+    logits are the span head applied to the embedding output. The kept ones must be [CLS] and the most attended."""
+    ids, mask, types = batch(4, 40, seed=3)
+    lc = LengthConfig((0.4, 0.4, 0.4))
+    start, _, kept = run(session, ids, mask, types, lc)
+    with torch.no_grad():
+        untouched = peaky_model.qa_outputs(peaky_model.embed(ids, types))[..., 0].numpy()
+        eager = peaky_model(ids, mask, types, lc).start_logits.numpy()
+    received = reference_attention_received(peaky_model, ids, mask, types)
+    for row, length in enumerate(mask.sum(1).tolist()):
+        k = int(kept[row, 0])
+        for logits in (start, eager):
+            changed = np.abs(logits[row, :length] - untouched[row, :length]) > 1e-4
+            ranked = 1 + np.argsort(-received[row, 1:length], kind="stable")
+            assert set(np.nonzero(changed)[0]) == {0, *ranked[: k - 1].tolist()}, row
+        gap = np.sort(received[row, 1:length])[::-1]
+        assert gap[k - 2] - gap[k - 1] > 1e-3  # a clear margin: float noise cannot decide it
+
+
+def test_export_of_a_model_in_training_mode_is_deterministic_and_leaves_it_in_eval_mode(tmp_path):
+    torch.manual_seed(0)
+    model = QualaForQuestionAnswering(tiny_config()).train()
+    path = export_onnx(model, tmp_path / "m.onnx")
+    assert not model.training and not any(m.training for m in model.modules())
+    assert "Dropout" not in {n.op_type for n in onnx.load(str(path)).graph.node}
+    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    ids, mask, types = batch(2, 30)
+    first, second = run(s, ids, mask, types, None)[0], run(s, ids, mask, types, None)[0]
+    with torch.no_grad():
+        eager = model(ids, mask, types).start_logits.numpy()
+    assert np.array_equal(first, second) and np.abs(first - eager)[mask.bool().numpy()].max() < 1e-5
