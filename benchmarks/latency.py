@@ -34,7 +34,7 @@ from quala.evaluate import TorchPredictor, evaluate
 from quala.files import read_json, write_json_atomic
 from quala.flops import mean_gmacs
 from quala.modeling import ModelConfig, QualaForQuestionAnswering, load_tokenizer
-from quala.runtime import DISABLED_FUSIONS, MICRO_BATCH, OnnxPredictor, run_micro_batches
+from quala.runtime import DISABLED_FUSIONS, MICRO_BATCH, OnnxPredictor, cpu_description, run_micro_batches
 
 
 class HFTorch:
@@ -299,6 +299,7 @@ def run(args) -> None:
                              config.max_seq_length, config.doc_stride, config.max_query_length, progress=False)
                 row["em"], row["f1"] = round(r.exact_match, 2), round(r.f1, 2)
         results = report(rows, peak, lengths)
+    print(f"CPU: {cpu_description()}\n")
     print(markdown(results, peak))
     load = (load_before, os.getloadavg()[0])
     print(f"\n{len(features)} dev features, {np.mean(lengths):.1f} tokens on average; {args.threads} threads; "
@@ -308,7 +309,7 @@ def run(args) -> None:
     write_json_atomic(args.json, {"model": str(model_dir), "features": len(features),
                                   "mean_tokens": float(np.mean(lengths)), "threads": args.threads,
                                   "repeats": args.repeats, "int8_gemm_peak_gmac_per_s": round(peak, 1),
-                                  "load_average": load, "rows": results})
+                                  "load_average": load, "cpu": cpu_description(), "rows": results})
     print(f"results written to {args.json}")
 
 

@@ -11,6 +11,9 @@ from quala import __version__
 from quala.config import QualaError, default_model_dir, squad_path
 
 
+TRAIN_EXTRA = ("torch", "transformers", "safetensors", "matplotlib")  # top-level modules of `quala[train]`
+
+
 def positive_int(text: str) -> int:
     """argparse type: a whole number >= 1 (a clear message instead of a traceback later)."""
     try:
@@ -466,6 +469,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as e:
+        if e.name not in TRAIN_EXTRA:
+            raise
+        print(f"error: `quala {args.command}` needs {e.name}, part of the train extra: "
+              f"pip install torch==2.13.0 'quala[train]'", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -41,6 +41,25 @@ def physical_cores() -> int:
     return max(1, len(cores))
 
 
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def cpu_description() -> str:
+    """The CPU and the instruction sets INT8/bf16 speed depends on, for every benchmark table: e.g. 'AMD EPYC
+    (family 26 model 2), 2 CPUs / 2 physical cores, avx2 avx512f avx512_vnni avx512_bf16'."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        import platform
+        return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+    first = dict((k.strip(), v.strip()) for k, _, v in
+                 (line.partition(":") for line in text.split("\n\n")[0].splitlines()))
+    flags = set(first.get("flags", "").split())
+    isa = " ".join(f for f in ISA_FLAGS if f in flags) or "no AVX2"
+    return (f"{first.get('model name', 'unknown CPU')} (family {first.get('cpu family', '?')} model "
+            f"{first.get('model', '?')}), {os.cpu_count()} CPUs / {physical_cores()} physical cores, {isa}")
+
+
 class OnnxPredictor:
     """One onnxruntime.InferenceSession, created once; the length configuration is a per-call input."""
 
