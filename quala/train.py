@@ -142,10 +142,14 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=cfg.layer_dropout_prob > 0)
         examples = load_squad(cfg.train_file or squad_path("train"), limit=cfg.limit)
-        examples, _ = split_articles(examples, cfg.heldout_fraction)
+        examples, heldout = split_articles(examples, cfg.heldout_fraction)
         if not examples:
             raise QualaError(f"{cfg.train_file or squad_path('train')}: nothing left to train on after holding out "
                              f"{cfg.heldout_fraction:.0%} of the articles (--limit {cfg.limit}); train on more")
+        if heldout and self.rank == 0:  # at least one whole article: a large share of a small file
+            print(f"{stage}: training on {len(examples)} questions; {len({e.title for e in heldout})} article(s), "
+                  f"{len(heldout)} questions, held out for `quala search` (--heldout-fraction "
+                  f"{cfg.heldout_fraction}; 0 trains on all)")
         self.features = make_features(examples, self.tokenizer, cfg.max_seq_length, cfg.doc_stride,
                                       cfg.max_query_length, training=True)
         self.lengths = [len(f) for f in self.features]

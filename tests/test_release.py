@@ -91,3 +91,22 @@ def test_dequantize_recovers_the_weights_of_a_quantized_graph(onnx_dir, tmp_path
     assert all(torch.equal(from_float_graph[name], w) for name, w in original.items())
     out = dequantize.save_weights(dequantize.rebuild(onnx_dir), tmp_path / "model.safetensors")
     assert {v.dtype for v in load_file(str(out)).values()} == {torch.float16}
+
+
+def test_the_shipped_model_fine_tunes_on_a_squad_file(float_model, data_dir, tmp_path):
+    """Domain fine-tuning: `quala train --model <shipped dir> --train-file FILE` continues LengthDrop from the
+    shipped float weights; the output directory loads (fp32 weights) and answers."""
+    from quala.cli import main
+    out = tmp_path / "ft"
+    assert main(["train", "--model", str(default_model_dir()), "--train-file", str(data_dir / "train.json"),
+                 "--dev-file", str(data_dir / "dev.json"), "--output", str(out), "--stage", "lengthdrop",
+                 "--max-steps", "2", "--batch-size", "4", "--max-seq-length", "128", "--doc-stride", "48",
+                 "--eval-limit", "4", "--dtype", "fp32"]) in (0, None)
+    tuned = QualaForQuestionAnswering.from_pretrained(out)
+    assert {v.dtype for v in load_file(str(out / "model.safetensors")).values()} == {torch.float32}
+    shipped = float_model.state_dict()
+    assert any(not torch.equal(w, shipped[name]) for name, w in tuned.state_dict().items())  # it trained
+    predictor, tokenizer, config = load_predictor(out)  # no ONNX graph yet: auto runs the float weights
+    assert isinstance(predictor, TorchPredictor) and config.extra["stage"] == "lengthdrop"
+    (best,), = answer_questions(predictor, tokenizer, [("Which ocean does the Amazon reach?", CONTEXT)])
+    assert best.text.rstrip(".") in ("the Atlantic Ocean", "Atlantic Ocean", "Atlantic")
