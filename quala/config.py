@@ -18,6 +18,8 @@ class LengthConfig:
 
     Ratios are the default: one configuration then fits every input length and padding is never computed.
     Token counts follow the original work's 384-token configurations, e.g. (315, 251, 242, 159, 142, 33).
+    A 0 skips that layer (depth as a second axis): it computes nothing and every token keeps its vector; the
+    values of the layers that run must be non-increasing.
     """
 
     values: tuple[float, ...]
@@ -29,14 +31,23 @@ class LengthConfig:
         if not self.values:
             raise QualaError("length config is empty: give one value per layer")
         for i, v in enumerate(self.values):
-            if self.unit == "ratio" and not 0.0 < v <= 1.0:
-                raise QualaError(f"length config {self}: ratio {v} at layer {i} is not in (0, 1]")
-            if self.unit == "tokens" and (v != int(v) or v < 1):
-                raise QualaError(f"length config {self}: token count {v} at layer {i} is not a whole number >= 1")
-        for i in range(1, len(self.values)):
-            if self.values[i] > self.values[i - 1]:
+            if self.unit == "ratio" and not 0.0 <= v <= 1.0:
+                raise QualaError(f"length config {self}: ratio {v} at layer {i} is not in [0, 1] (0 skips the layer)")
+            if self.unit == "tokens" and (v != int(v) or v < 0):
+                raise QualaError(f"length config {self}: token count {v} at layer {i} is not a whole number >= 0 "
+                                 f"(0 skips the layer)")
+        running = [(i, v) for i, v in enumerate(self.values) if v > 0]
+        if not running:
+            raise QualaError(f"length config {self}: every layer is skipped (0); at least one must run")
+        for (i, v), (j, w) in zip(running, running[1:]):
+            if w > v:
                 raise QualaError(f"length config {self}: not monotone non-increasing "
-                                 f"(layer {i} keeps {self.values[i]} > layer {i - 1} keeps {self.values[i - 1]})")
+                                 f"(layer {j} keeps {w} > layer {i} keeps {v})")
+
+    @property
+    def skipped(self) -> tuple[int, ...]:
+        """The layers this configuration skips (a value of 0)."""
+        return tuple(i for i, v in enumerate(self.values) if v == 0)
 
     @classmethod
     def parse(cls, text: str | LengthConfig | None) -> LengthConfig | None:
@@ -70,8 +81,8 @@ class LengthConfig:
         return self
 
     def token_counts(self, seq_lens):
-        """Tokens kept per example and layer, shape (batch, layers), each in 1..seq_len and non-increasing.
-        seq_lens: a numpy array, or a torch tensor (then a tensor on the same device is returned)."""
+        """Tokens kept per example and layer, shape (batch, layers): 0 at a skipped layer, elsewhere in 1..seq_len
+        and non-increasing. seq_lens: a numpy array, or a torch tensor (then a tensor on the same device)."""
         if not isinstance(seq_lens, np.ndarray) and hasattr(seq_lens, "detach"):  # a torch tensor
             import torch
             counts = self.token_counts(seq_lens.detach().cpu().numpy())
@@ -83,7 +94,11 @@ class LengthConfig:
         else:
             counts = np.broadcast_to(values.astype(np.int64)[None, :], (len(seq_lens), len(values)))
         counts = np.maximum(np.minimum(counts, seq_lens[:, None]), 1)
-        return np.minimum.accumulate(counts, axis=1)
+        skip = values == 0
+        if not skip.any():
+            return np.minimum.accumulate(counts, axis=1)
+        counts = np.minimum.accumulate(np.where(skip, np.iinfo(np.int64).max, counts), axis=1)
+        return np.where(skip, 0, counts)
 
     def __str__(self) -> str:
         if self.unit == "tokens":

@@ -21,17 +21,18 @@ from quala.runtime import INPUTS
 
 OUTPUTS = ("start_logits", "end_logits", "kept")
 OPSET = 17
+EXPORTABLE_RANKINGS = ("attention", "question", "cls")  # "position" is a baseline for eager PyTorch only
 
 
 class _Graph(nn.Module):
     """The model with explicit token counts and plain tuple outputs: what the exporter traces."""
 
-    def __init__(self, model: QualaForQuestionAnswering):
+    def __init__(self, model: QualaForQuestionAnswering, ranking: str):
         super().__init__()
-        self.model = model
+        self.model, self.ranking = model, ranking
 
     def forward(self, input_ids, attention_mask, token_type_ids, token_counts):
-        out = self.model(input_ids, attention_mask, token_type_ids, token_counts=token_counts)
+        out = self.model(input_ids, attention_mask, token_type_ids, token_counts=token_counts, ranking=self.ranking)
         return out.start_logits, out.end_logits, out.kept
 
 
@@ -61,11 +62,14 @@ def example_inputs(model: QualaForQuestionAnswering, batch: int = 2, length: int
     return ids, mask, types, counts
 
 
-def export_onnx(model: QualaForQuestionAnswering, output: str | os.PathLike) -> Path:
-    """Write the model as ONNX (legacy TorchScript exporter, opset 17) with dynamic batch and sequence axes."""
+def export_onnx(model: QualaForQuestionAnswering, output: str | os.PathLike, ranking: str = "attention") -> Path:
+    """Write the model as ONNX (legacy TorchScript exporter, opset 17) with dynamic batch and sequence axes; the
+    token ranking (quala.modeling.RANKINGS) is baked into the graph."""
+    if ranking not in EXPORTABLE_RANKINGS:
+        raise QualaError(f"ranking {ranking!r}: the graph can rank by {', '.join(EXPORTABLE_RANKINGS)}")
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    graph = _Graph(model).eval()
+    graph = _Graph(model, ranking).eval()
     dynamic = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
                "token_type_ids": {0: "batch", 1: "sequence"}, "token_counts": {0: "batch"},
                "start_logits": {0: "batch", 1: "sequence"}, "end_logits": {0: "batch", 1: "sequence"},

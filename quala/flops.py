@@ -5,6 +5,7 @@ What is counted, matching quala.modeling exactly (one feature of n real tokens, 
   (LengthConfig.token_counts); its attention runs on the m_l tokens it receives: Q/K/V projections 3*m*h*h,
   scores Q K^T m*m*h and probs @ V m*m*h; its attention output projection k*h*h and feed-forward block 2*k*h*i
   run on the k_l kept tokens only;
+- a layer skipped by a token count of 0 computes nothing; the next layer receives the tokens it was passed;
 - the span head runs on all n restored tokens: n*h*2;
 - embeddings are table lookups: 0 MACs. Bias additions, softmax, LayerNorm, GELU, the significance ranking and
   the gathers are not multiply-accumulates and are not counted (the usual convention; they are <1% of the work).
@@ -22,12 +23,20 @@ GIGA = 1e9
 
 
 def layer_tokens(length_config: LengthConfig | None, n: int, num_layers: int) -> list[tuple[int, int]]:
-    """(tokens received, tokens kept) for each layer on an input of n real tokens."""
+    """(tokens received, tokens kept) for each layer on an input of n real tokens; (0, 0) for a skipped layer."""
     if length_config is None:
         return [(n, n)] * num_layers
-    kept = length_config.token_counts(np.array([n]))[0].tolist()
-    received = [n] + kept[:-1]
-    return list(zip(received, kept))
+    return tokens_of_counts(n, length_config.token_counts(np.array([n]))[0].tolist())
+
+
+def tokens_of_counts(n: int, counts: list[int]) -> list[tuple[int, int]]:
+    """(tokens received, tokens kept) per layer from the kept counts (0: the layer is skipped, it passes on what
+    it received)."""
+    out, received = [], n
+    for k in counts:
+        out.append((received, k) if k else (0, 0))
+        received = k or received
+    return out
 
 
 def layer_macs(config, received: int, kept: int) -> int:

@@ -3,8 +3,13 @@
 Each layer attends over the tokens it receives, ranks them by the attention they received (summed over heads and
 query positions, padding excluded, [CLS] always first), and runs its feed-forward block only on the top-k of the
 length configuration. A dropped token keeps the last vector it had; before the span head every token is restored
-to its position, so every token gets start and end logits. For comparison, `ranking="position"` (eager PyTorch
-only, never exported) keeps the first k tokens instead of the most attended ones.
+to its position, so every token gets start and end logits. Other rankings (RANKINGS, one small function each):
+"question" counts only the attention paid by the question's tokens and [CLS], "cls" only [CLS]'s; "position"
+(eager PyTorch only, never exported) keeps the first k tokens, a baseline.
+
+A token count of 0 at a layer skips it (depth as a second axis, like LayerDrop in training): no compute there,
+every token keeps its vector. Eager PyTorch skips it in Python; the exported graph runs the layer on no tokens
+and passes the others through (see `run_or_skip`), so one graph still serves every configuration.
 
 Weights are stored under Hugging Face `BertForQuestionAnswering` names, so a saved directory also loads in
 `transformers`, and any BERT checkpoint directory loads here.
@@ -24,11 +29,37 @@ from torch import nn
 
 from quala.config import LengthConfig, ModelConfig, QualaError
 from quala.files import atomic_write, read_json
-from quala.onnx_ops import exporting, gather_rows, reshape, scatter_rows, top_slots
+from quala.onnx_ops import (exporting, gather_rows, reshape, scatter_rows, slots_before, slots_from,
+                            top_slots)
 from quala.tokenizer import load_tokenizer
 
 
-RANKINGS = ("attention", "position")
+def rank_by_attention(probs: torch.Tensor, valid: torch.Tensor, queries: torch.Tensor | None) -> torch.Tensor:
+    """Attention received from every real token (the Length-Adaptive Transformer's ranking)."""
+    return attention_received(probs, valid)
+
+
+def rank_by_question(probs: torch.Tensor, valid: torch.Tensor, queries: torch.Tensor | None) -> torch.Tensor:
+    """Attention received from the question's tokens and [CLS] only: in span QA the question decides which context
+    tokens matter."""
+    return attention_received(probs, queries)
+
+
+def rank_by_cls(probs: torch.Tensor, valid: torch.Tensor, queries: torch.Tensor | None) -> torch.Tensor:
+    """Attention received from [CLS] (slot 0) only, summed over heads."""
+    return probs[:, :, :1].sum(dim=(1, 2))  # a slice, not an index: a skipped layer in the graph has no slot 0
+
+
+def rank_by_position(probs: torch.Tensor, valid: torch.Tensor, queries: torch.Tensor | None) -> torch.Tensor:
+    """The lower slot ranks higher (the lowest positions while every layer ranks by position: slots then stay in
+    position order). A baseline, eager PyTorch only."""
+    k = probs.shape[-1]
+    return (k - torch.arange(k, device=probs.device, dtype=torch.float32)).expand(probs.shape[0], k)
+
+
+# significance of each token slot (B, K), higher is kept first; padded slots are ranked last by Layer.forward
+RANKINGS = {"attention": rank_by_attention, "question": rank_by_question, "cls": rank_by_cls,
+            "position": rank_by_position}
 
 
 class QAOutput(NamedTuple):
@@ -66,13 +97,12 @@ class Layer(nn.Module):
         self.attn_dropout = nn.Dropout(c.attention_probs_dropout_prob)
         self.dropout = nn.Dropout(c.hidden_dropout_prob)
 
-    def forward(self, x: torch.Tensor, valid: torch.Tensor, keep: torch.Tensor | None, ranking: str = "attention"
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def forward(self, x: torch.Tensor, valid: torch.Tensor, keep: torch.Tensor | None, ranking: str = "attention",
+                queries: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """x (B, K, H) over K token slots, valid (B, K) marks real tokens, keep (B,) tokens to keep or None.
 
-        ranking "attention" keeps the most attended tokens; "position" keeps the first k slots (the lowest
-        positions while every layer ranks by position: slots then stay in position order).
-        Returns the new states, their validity and, when tokens were dropped, the slots kept (B, k).
+        ranking: a key of RANKINGS; "question" needs queries (B, K), the real slots holding a question token or
+        [CLS]. Returns the new states, their validity and, when tokens were dropped, the slots kept (B, k).
         """
         h = self.attn_out.in_features  # a Python int: reshape targets must be constants in the graph
         d = h // self.heads
@@ -84,13 +114,7 @@ class Layer(nn.Module):
         context = reshape((self.attn_dropout(probs) @ v).transpose(1, 2), (0, -1, h))
         slots = None
         if keep is not None:
-            if ranking == "position":  # lower slot, higher rank
-                k = x.shape[1]
-                significance = -torch.arange(k, device=x.device, dtype=torch.float32).expand(x.shape[0], k)
-                significance = significance.masked_fill(~valid, -float(k + 1))
-            else:  # attention received by each token: summed over heads and (real) query positions
-                significance = attention_received(probs, valid).float()
-                significance = significance.masked_fill(~valid, -1.0)
+            significance = RANKINGS[ranking](probs, valid, queries).float().masked_fill(~valid, -1.0)
             significance = F.pad(significance[:, 1:], (1, 0), value=float("inf"))  # slot 0 is always [CLS]
             # k as a tensor: the ONNX exporter traces it as a runtime value (TopK's k), not a constant
             slots = top_slots(significance, keep.max())
@@ -125,6 +149,27 @@ def restore_rows(flat: torch.Tensor, rows: torch.Tensor, valid: torch.Tensor, x:
     return scatter_rows(flat, torch.where(valid, rows, scratch), x)
 
 
+def run_or_skip(layer: Layer, x: torch.Tensor, valid: torch.Tensor, queries: torch.Tensor | None, rows: torch.Tensor,
+                keep: torch.Tensor, current: torch.Tensor, ranking: str) -> tuple:
+    """One layer as the exported graph runs it: on all of its slots, or on none when every row's count is 0 (the
+    layer skipped), without a branch: the layer runs on the first m slots, m = all or 0, and the slots from m on
+    pass through unchanged. Returns x, valid, queries, rows, the tokens kept (0 when skipped) and the tokens passed
+    on to the next layer."""
+    active = (keep.max() > 0).long()
+    keep = torch.maximum(keep, active)  # in a layer that runs, every row keeps at least [CLS]
+    m = active * x.shape[1]
+    part = None if queries is None else slots_before(queries, m)
+    y, y_valid, slots = layer(slots_before(x, m), slots_before(valid, m), keep, ranking, part)
+
+    def join(done: torch.Tensor, passed: torch.Tensor) -> torch.Tensor:
+        return torch.cat([done, slots_from(passed, m)], 1)
+
+    if queries is not None:
+        queries = join(part.gather(1, slots) & y_valid, queries)
+    return (join(y, x), join(y_valid, valid), queries, join(rows.gather(1, slots), rows), keep,
+            torch.where(active > 0, keep, current))
+
+
 class QualaForQuestionAnswering(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -151,9 +196,12 @@ class QualaForQuestionAnswering(nn.Module):
                 token_counts: torch.Tensor | None = None, ranking: str = "attention") -> QAOutput:
         """length_config None runs at full length; token_counts (B, layers) overrides it with explicit counts.
 
-        skip_layers are passed through unchanged (LayerDrop): no compute and no dropping there.
-        ranking: which tokens a layer keeps, "attention" (the most attended, the model's method) or "position"
-        (the first k, a baseline for comparison; eager PyTorch only).
+        A count of 0 skips the layer: when every row has 0 there, nothing is computed and every token keeps its
+        vector (kept reports 0); a row with 0 in a layer that other rows of the batch run keeps only [CLS] there.
+        skip_layers are passed through unchanged (LayerDrop in training; kept reports the tokens passed on).
+        ranking: which tokens a layer keeps, a key of RANKINGS: "attention" (the most attended, the model's
+        method), "question" (most attended by the question and [CLS]), "cls" (by [CLS]) or "position" (the first
+        k, a baseline for comparison; eager PyTorch only).
         """
         if ranking not in RANKINGS:
             raise QualaError(f"ranking {ranking!r}: choose one of {', '.join(RANKINGS)}")
@@ -164,27 +212,35 @@ class QualaForQuestionAnswering(nn.Module):
         if token_counts is None and length_config is not None:
             length_config.check(len(self.layers), self.config.max_seq_length)
             token_counts = length_config.token_counts(seq_lens)
+        # the question's tokens and [CLS] (segment 0), followed through the kept slots for the "question" ranking
+        queries = valid & (token_type_ids == 0) if ranking == "question" else None
         x = self.embed(input_ids, token_type_ids)
         b, n, h = x.shape[0], x.shape[1], self.config.hidden_size
         full, rows = x, None  # rows: each slot's row in full, flattened to rows once tokens are dropped
         current, kept = seq_lens, []
         for i, layer in enumerate(self.layers):
-            if i in skip_layers:
-                kept.append(current)
-                continue
             keep = None if token_counts is None else torch.minimum(token_counts[:, i], current)
-            x, valid, slots = layer(x, valid, keep, ranking)
-            if slots is not None:
-                if rows is None:  # first drop: full becomes (B*N + 1, H), its last row a scratch row
-                    rows = torch.arange(b, device=x.device)[:, None] * n + slots
-                    scratch = torch.as_tensor(b * n, device=x.device)
-                    full = torch.cat([reshape(full, (-1, h)), full.new_zeros(1, h)])
-                else:
-                    rows = rows.gather(1, slots)
+            if i in skip_layers or (keep is not None and not exporting() and not keep.any()):
+                kept.append(current if i in skip_layers else keep)
+                continue
+            if keep is not None and rows is None:  # first drop: full becomes (B*N + 1, H), its last row a scratch row
+                rows = torch.arange(b, device=x.device)[:, None] * n + torch.arange(n, device=x.device)[None, :]
+                scratch = torch.as_tensor(b * n, device=x.device)
+                full = torch.cat([reshape(full, (-1, h)), full.new_zeros(1, h)])
+            if keep is None:
+                x, valid, _ = layer(x, valid, None, ranking, queries)
+            elif exporting():
+                x, valid, queries, rows, keep, current = run_or_skip(layer, x, valid, queries, rows, keep, current,
+                                                                     ranking)
+            else:
+                keep = keep.clamp(min=1)
+                x, valid, slots = layer(x, valid, keep, ranking, queries)
+                rows = rows.gather(1, slots)
+                queries = None if queries is None else queries.gather(1, slots) & valid
                 current = keep  # the layer kept exactly `keep` real tokens
             # restore: write the kept tokens' new states back into the full sequence
             full = x if rows is None else restore_rows(full, rows, valid, x, scratch)
-            kept.append(current)
+            kept.append(current if keep is None else keep)
         logits = self.qa_outputs(full if rows is None else full[:-1].view(b, n, h))
         return QAOutput(logits[..., 0], logits[..., 1], torch.stack(kept, dim=1))
 

@@ -60,6 +60,18 @@ class _TopSlots(torch.autograd.Function):
         return g.op("TopK", scores, k, axis_i=1, largest_i=1, sorted_i=1, outputs=2)[1]
 
 
+class _SliceSlots(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, m, before):
+        return x[:, : int(m)] if before else x[:, int(m):]
+
+    @staticmethod
+    def symbolic(g, x, m, before):
+        m = g.op("Reshape", m, _const(g, [1]))
+        start, end = (_const(g, [0]), m) if before else (m, _const(g, [2 ** 62]))
+        return g.op("Slice", x, start, end, _const(g, [1]))
+
+
 def exporting() -> bool:
     return torch.onnx.is_in_onnx_export()
 
@@ -98,3 +110,13 @@ def top_slots(scores: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 
 def _top_slots(scores: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return scores.sort(dim=1, descending=True, stable=True).indices[:, : int(k)]
+
+
+def slots_before(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """x[:, :m] for a 0-d tensor m that is a runtime value in the graph (one ONNX Slice)."""
+    return _SliceSlots.apply(x, m, True) if exporting() else x[:, : int(m)]
+
+
+def slots_from(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """x[:, m:] for a 0-d tensor m that is a runtime value in the graph (one ONNX Slice)."""
+    return _SliceSlots.apply(x, m, False) if exporting() else x[:, int(m):]

@@ -68,3 +68,16 @@ def onnx_dir(tiny_model_dir, tmp_path_factory) -> Path:
     export_dir(d)
     quantize_model(d, "dynamic")
     return d
+
+
+@pytest.fixture(scope="session")
+def release_dir() -> Path:
+    """The shipped, trained model (quala/models/quala-minilm): where a test needs a model that has learned SQuAD."""
+    return Path(__file__).resolve().parents[1] / "quala" / "models" / "quala-minilm"
+
+
+@pytest.fixture(scope="session")
+def release_model(release_dir):
+    if not (release_dir / "model.safetensors").is_file():
+        pytest.fail(f"{release_dir}: no model.safetensors (the float weights of the shipped model)")
+    return QualaForQuestionAnswering.from_pretrained(release_dir)

@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -15,15 +17,17 @@ def test_parse_ratios_and_tokens():
 
 @pytest.mark.parametrize("text, message", [
     ("1.0,0.9,0.95", "not monotone"),
-    ("1.5,1.0", "not in (0, 1]"),
+    ("1.5,1.0", "not in [0, 1]"),
     ("0.5,abc", "cannot read"),
-    ("0.0,0.0", "not in (0, 1]"),
-    ("tokens:0,0", "whole number >= 1"),
-    ("tokens:30.5,2", "whole number >= 1"),
+    ("0.0,0.0", "every layer is skipped"),
+    ("tokens:0,0", "every layer is skipped"),
+    ("tokens:30.5,2", "whole number >= 0"),
+    ("-0.5,0.5", "not in [0, 1]"),
+    ("0.5,0,0.8", "layer 2 keeps 0.8 > layer 0 keeps 0.5"),
     ("315,251,242", "for absolute token counts write 'tokens:315,251,242'"),
 ])
 def test_invalid_configs_name_the_problem(text, message):
-    with pytest.raises(QualaError, match=message.replace("(", r"\(").replace(")", r"\)").replace("]", r"\]")):
+    with pytest.raises(QualaError, match=re.escape(message)):
         LengthConfig.parse(text)
 
 
@@ -48,3 +52,11 @@ def test_token_counts_per_example():
     assert counts.tolist() == [[100, 55, 50, 1], [10, 6, 5, 1], [1, 1, 1, 1]]
     counts = LengthConfig((315, 251, 33), "tokens").token_counts(torch.tensor([384, 100]))
     assert counts.tolist() == [[315, 251, 33], [100, 100, 33]]
+
+
+def test_a_zero_skips_a_layer_and_the_running_layers_stay_non_increasing():
+    lc = LengthConfig.parse("1,0,0.5,0,0.25")
+    assert lc.skipped == (1, 3) and str(lc) == "1,0,0.5,0,0.25"
+    assert lc.token_counts(np.array([100, 3])).tolist() == [[100, 0, 50, 0, 25], [3, 0, 2, 0, 1]]
+    assert LengthConfig.parse("tokens:0,300,200").token_counts(np.array([250])).tolist() == [[0, 250, 200]]
+    assert LengthConfig.parse("0,1,1").token_counts(np.array([7])).tolist() == [[0, 7, 7]]

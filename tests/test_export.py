@@ -121,3 +121,42 @@ def test_export_of_a_model_in_training_mode_is_deterministic_and_leaves_it_in_ev
     with torch.no_grad():
         eager = model(ids, mask, types).start_logits.numpy()
     assert np.array_equal(first, second) and np.abs(first - eager)[mask.bool().numpy()].max() < 1e-5
+
+
+SKIP_CONFIGS = [LengthConfig((1.0, 0.0, 0.5)), LengthConfig((0.0, 0.6, 0.3)), LengthConfig((0.7, 0.4, 0.0)),
+                LengthConfig((0, 30, 5), "tokens")]
+
+
+@pytest.mark.parametrize("lc", SKIP_CONFIGS, ids=str)
+def test_one_graph_skips_a_layer_as_eager_pytorch_does(session, peaky_model, lc):
+    ids, mask, types = batch(4, 60, seed=3)
+    with torch.no_grad():
+        ref = peaky_model(ids, mask, types, lc)
+    start, end, kept = run(session, ids, mask, types, lc)
+    real = mask.bool().numpy()
+    assert np.abs(start - ref.start_logits.numpy())[real].max() < 1e-4
+    assert np.abs(end - ref.end_logits.numpy())[real].max() < 1e-4
+    assert np.array_equal(kept, ref.kept.numpy()) and (kept[:, list(lc.skipped)] == 0).all()
+
+
+@pytest.mark.parametrize("ranking", ["question", "cls"])
+def test_question_aware_rankings_export_with_token_counts(peaky_model, tmp_path, ranking):
+    path = export_onnx(peaky_model, tmp_path / f"{ranking}.onnx", ranking=ranking)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    ids, mask, types = batch(4, 50, seed=5)
+    types[:, 12:] = 1
+    for lc in (LengthConfig((0.8, 0.5, 0.25)), LengthConfig((1.0, 0.0, 0.4))):
+        with torch.no_grad():
+            ref = peaky_model(ids, mask, types, lc, ranking=ranking)
+            other = peaky_model(ids, mask, types, lc)
+        start, _, kept = run(session, ids, mask, types, lc)
+        real = mask.bool().numpy()
+        assert np.abs(start - ref.start_logits.numpy())[real].max() < 1e-4
+        assert np.array_equal(kept, ref.kept.numpy())
+        assert np.abs(start - other.start_logits.numpy())[real].max() > 1e-3  # a different ranking, baked in
+
+
+def test_position_ranking_is_not_exported(peaky_model, tmp_path):
+    from quala.config import QualaError
+    with pytest.raises(QualaError, match="the graph can rank by attention, question, cls"):
+        export_onnx(peaky_model, tmp_path / "p.onnx", ranking="position")

@@ -15,7 +15,8 @@ def counted_macs(model, n: int, length_config) -> int:
     return counter.get_total_flops() // 2  # FlopCounterMode counts a multiply-accumulate as 2 FLOPs
 
 
-@pytest.mark.parametrize("lc", [None, "1,1,1", "0.9,0.6,0.4", "0.5,0.5,0.05", "tokens:100,60,7", "1,0.3,0.3"])
+@pytest.mark.parametrize("lc", [None, "1,1,1", "0.9,0.6,0.4", "0.5,0.5,0.05", "tokens:100,60,7", "1,0.3,0.3",
+                                "1,0,1", "0,0.5,0.3", "0.6,0.4,0"])
 @pytest.mark.parametrize("n", [128, 77, 9])
 def test_cost_model_matches_flop_counter(lc, n):
     torch.manual_seed(0)
@@ -28,6 +29,9 @@ def test_layers_attend_over_received_tokens_and_feed_forward_over_kept():
     assert layer_tokens(LengthConfig.parse("0.5,0.25"), 100, 2) == [(100, 50), (50, 25)]
     assert layer_tokens(None, 100, 2) == [(100, 100), (100, 100)]
     assert layer_tokens(LengthConfig.parse("tokens:300,200"), 100, 2) == [(100, 100), (100, 100)]  # capped at n
+    # a skipped layer costs nothing and passes on what it received
+    assert layer_tokens(LengthConfig.parse("0.5,0,0.25"), 100, 3) == [(100, 50), (0, 0), (50, 25)]
+    assert layer_tokens(LengthConfig.parse("0,0.5"), 100, 2) == [(0, 0), (100, 50)]
 
 
 def test_bert_base_at_384_tokens_is_the_papers_35_gmacs():

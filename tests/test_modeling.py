@@ -234,3 +234,47 @@ def test_config_defaults_follow_bert():
     ours, theirs = ModelConfig(), BertConfig()
     for name in ("layer_norm_eps", "vocab_size", "max_position_embeddings", "type_vocab_size", "pad_token_id"):
         assert getattr(ours, name) == getattr(theirs, name), name
+
+
+def test_a_skipped_layer_equals_layerdrop_of_that_layer(model):
+    """A token count of 0 skips the layer exactly as LayerDrop's skip_layers does: every token keeps its vector."""
+    ids, mask, types = batch(3, 40)
+    with torch.no_grad():
+        skipped = model(ids, mask, types, LengthConfig((1.0, 0.0, 0.5)))
+        dropped = model(ids, mask, types, LengthConfig((1.0, 1.0, 0.5)), skip_layers={1})
+        different = model(ids, mask, types, LengthConfig((1.0, 1.0, 0.5)))
+    assert torch.allclose(skipped.start_logits, dropped.start_logits, atol=1e-6)
+    assert not torch.allclose(skipped.start_logits, different.start_logits, atol=1e-3)
+    assert skipped.kept[:, 1].tolist() == [0, 0, 0] and (skipped.kept[:, 2] == (mask.sum(1) * 0.5).ceil()).all()
+
+
+def test_question_ranking_counts_only_the_question_and_cls_as_queries():
+    """In the hand-built layer every query attends to popular tokens; padded-like queries (x[1] = 1) attend to the
+    unpopular ones. Mark the context's queries that way: the attention ranking then mixes both, while the question
+    ranking follows the question's queries only, and the cls ranking [CLS]'s only."""
+    layer = popularity_layer()
+    n, k = 24, 6
+    x = torch.randn(1, n, 384) * 0.1
+    popularity = torch.linspace(0, 1, n)
+    x[0, :, 0] = popularity
+    x[0, 8:, 1] = 1.0  # the context's queries (slots 8..) attend to the least popular tokens
+    valid = torch.ones(1, n, dtype=torch.bool)
+    queries = torch.zeros(1, n, dtype=torch.bool)
+    queries[0, :8] = True  # [CLS] and the question
+    with torch.no_grad():
+        by_question = layer(x, valid, torch.tensor([k]), "question", queries)[2][0].tolist()
+        by_cls = layer(x, valid, torch.tensor([k]), "cls")[2][0].tolist()
+        by_attention = layer(x, valid, torch.tensor([k]))[2][0].tolist()
+    assert by_question == [0, 23, 22, 21, 20, 19] == by_cls
+    assert by_attention[0] == 0 and set(by_attention[1:]) & set(range(1, 6))  # the 16 context queries win there
+
+
+@pytest.mark.parametrize("ranking", ["attention", "question", "cls"])
+def test_every_ranking_keeps_cls_and_the_configured_counts(model, ranking):
+    ids, mask, types = batch(3, 40)
+    types[:, 10:] = 1  # a question of 9 tokens after [CLS]
+    with torch.no_grad():
+        out = model(ids, mask, types, LengthConfig((0.8, 0.5, 0.2)), ranking=ranking)
+    lengths = mask.sum(1)
+    assert out.kept.tolist() == LengthConfig((0.8, 0.5, 0.2)).token_counts(lengths).tolist()
+    assert torch.isfinite(out.start_logits).all()
