@@ -9,6 +9,7 @@ from pathlib import Path
 
 from quala import __version__
 from quala.config import QualaError, default_model_dir, squad_path
+from quala.longdoc import PASSAGES
 
 
 TRAIN_EXTRA = ("torch", "transformers", "safetensors", "matplotlib")  # top-level modules of `quala[train]`
@@ -146,7 +147,8 @@ def cmd_answer(args) -> None:
     qa, lc, chosen = load_answerer(args)
     if chosen:
         print(f"budget {chosen}", file=sys.stderr)
-    answers = qa.answer_pairs([(q, context) for q in questions], lc, args.top_k, args.batch_size)
+    answers = qa.answer_pairs([(q, context) for q in questions], lc, args.top_k, args.batch_size,
+                              progress=sys.stderr.isatty(), passages=None if args.read_all else args.passages)
     for q, ranked in zip(questions, answers):
         print(f"Q: {q}")
         for a in ranked:
@@ -249,17 +251,29 @@ def cmd_report(args) -> None:
         print(tradeoff_markdown(obj))
         print(f"\nplot      {plot}")
         return
-    model_dir = args.model or default_model_dir()
+    model_dir = Path(args.model or default_model_dir())
+    released = released_files(model_dir)
     if args.time:
+        if front_path(model_dir).name in released:
+            raise QualaError(f"{model_dir} is a released model (its files are checksummed): copy the folder and "
+                             f"time the copy, e.g. cp -r {model_dir} runs/model && quala report --model runs/model --time")
         from quala.runtime import load_predictor as load
         from quala.search import retime_front
         predictor, tokenizer, _ = load(model_dir, args.runtime, threads=args.threads)
         retime_front(model_dir, predictor, tokenizer, args.latency_repeats, args.latency_features)
     front = read_front(model_dir)
     plot = args.plot or Path(model_dir) / PLOT_FILE
-    plot_front(front, plot)
+    if args.plot or plot.name not in released:  # never edit a released model's files
+        plot_front(front, plot)
     print(markdown_table(front))
     print(f"\nfront     {front_path(model_dir)}\nplot      {plot}")
+
+
+def released_files(model_dir: Path) -> set[str]:
+    """Names listed in the directory's SHA256SUMS.json: a released model whose files quala must not rewrite."""
+    from quala.files import read_json
+    sums = model_dir / "SHA256SUMS.json"
+    return set(read_json(sums)) if sums.is_file() else set()
 
 
 def add_search_parsers(sub) -> None:
@@ -400,9 +414,11 @@ def add_predict_parser(sub) -> None:
 
 
 def cmd_serve(args) -> None:
-    from quala.serve import serve
+    from quala.serve import Limits, serve
+    limits = Limits(max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_windows=args.max_windows,
+                    request_timeout_s=args.request_timeout, max_connections=args.max_connections)
     serve(args.model or default_model_dir(), args.host, args.port, args.runtime, args.max_batch, args.max_wait_ms,
-          int(args.max_body_mb * 1024 * 1024))
+          limits)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -431,6 +447,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context-file", type=Path, default=None,
                    help="read the context from this UTF-8 file (default: --context, else standard input)")
     p.add_argument("--top-k", type=positive_int, default=1, help="answers per question, best first (default 1)")
+    p.add_argument("--passages", type=positive_int, default=PASSAGES,
+                   help=f"a context longer than this many passages of ~160 tokens is read only in the ones BM25 "
+                        f"ranks best for the question (default {PASSAGES})")
+    p.add_argument("--read-all", action="store_true", help="read every window of a long context instead")
     p.set_defaults(func=cmd_answer)
 
     p = sub.add_parser("train", help="fine-tune and LengthDrop-train a model on SQuAD v1.1",
@@ -448,10 +468,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="inference engine (default auto: INT8 ONNX when the directory holds it)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--max-batch", type=int, default=16, help="most requests answered in one forward pass")
+    p.add_argument("--max-batch", type=positive_int, default=16,
+                   help="most windows in one forward pass when the runtime's answers do not depend on batch-mates "
+                        "(default 16)")
     p.add_argument("--max-wait-ms", type=float, default=5.0,
                    help="how long a request waits for others to batch with (default 5 ms)")
-    p.add_argument("--max-body-mb", type=float, default=4.0, help="largest request body accepted (default 4 MB)")
+    p.add_argument("--max-body-mb", type=positive_float, default=4.0,
+                   help="largest request body accepted, counted as it arrives (default 4 MB)")
+    p.add_argument("--max-windows", type=positive_int, default=64,
+                   help="most windows of 384 tokens one request may need, all its contexts together (default 64: "
+                        "a context of about 12,000 tokens)")
+    p.add_argument("--request-timeout", type=positive_float, default=30.0,
+                   help="seconds before a request still waiting for its answer gets a 504 and its work is dropped "
+                        "(default 30)")
+    p.add_argument("--max-connections", type=positive_int, default=1000,
+                   help="open connections at most; beyond it the one waiting longest for its request is closed "
+                        "(default 1000)")
     p.set_defaults(func=cmd_serve)
     add_onnx_parsers(sub)
     add_search_parsers(sub)

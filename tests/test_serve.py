@@ -55,7 +55,7 @@ def test_batch_answers_in_order_and_configs_listed(client):
     assert [x["config"] for x in r.json()["results"]] == ["p0", "p2", "p1"]
     configs = client.get("/configs").json()["configs"]
     assert [c["name"] for c in configs] == ["p0", "p1", "p2"] and configs[0]["label"] == "fastest"
-    assert client.get("/health").json() == {"status": "ok"}
+    assert client.get("/health").json() == {"status": "ok", "pending": 0}
     assert "<input type=\"range\" id=\"budget\"" in client.get("/").text
 
 
@@ -111,7 +111,7 @@ def test_long_context_is_windowed_not_truncated(client):
     (json.dumps({"question": "Q?", "context": CONTEXT, "budget": "0.1ms"}), 400, "the cheapest is p0"),
     (json.dumps({"question": "Q?", "context": CONTEXT, "top_k": 0}), 422, "top_k: Input should be greater"),
     (json.dumps({"question": "Q?", "context": CONTEXT, "extra": 1}), 422, "extra: Extra inputs are not permitted"),
-    (json.dumps({"question": "Q?", "context": "x" * 30_000}), 413, "the limit is 20000"),
+    (json.dumps({"question": "Q?", "context": "x" * 30_000}), 413, "over the limit of 20000 bytes"),
 ])
 def test_bad_input_gets_a_4xx_naming_the_problem(client, body, status, message):
     r = client.post("/answer", content=body, headers={"Content-Type": "application/json"})
