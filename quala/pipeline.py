@@ -17,6 +17,7 @@ from quala.config import LengthConfig, ModelConfig, QualaError, default_model_di
 from quala.data import Answer, Example, make_features, ranked_answers
 from quala.evaluate import EvalResult, evaluate, run_features
 from quala.files import read_json
+from quala.longdoc import PASSAGES
 
 CHECKSUMS = "SHA256SUMS.json"
 
@@ -72,12 +73,28 @@ class QuestionAnswerer:
         return make_features(examples, self.tokenizer, c.max_seq_length, c.doc_stride, c.max_query_length, training)
 
     def answer_pairs(self, pairs: list[tuple[str, str]], length_config: LengthConfig | None, top_k: int = 1,
-                     batch_size: int = 32, progress: bool = False) -> list[list[Answer]]:
-        """(question, context) pairs -> the top_k answers of each, best first. Long contexts are windowed."""
-        examples = [Example(str(i), q, c) for i, (q, c) in enumerate(pairs)]
+                     batch_size: int = 32, progress: bool = False, passages: int | None = PASSAGES
+                     ) -> list[list[Answer]]:
+        """(question, context) pairs -> the top_k answers of each, best first, offsets into the given context.
+
+        A context longer than `passages` passages of about quala.longdoc.PASSAGE_TOKENS tokens is read only in the
+        `passages` that BM25 ranks best for the question, answers ranked across them by span logit plus a retrieval
+        prior (quala.longdoc); shorter contexts, or any with passages None, are read whole, every window."""
+        reads = [(i, *span) for i, (q, c) in enumerate(pairs) for span in self.reads(q, c, passages)]
+        examples = [Example(str(j), pairs[i][0], pairs[i][1][s:e]) for j, (i, s, e, _) in enumerate(reads)]
         features = self.features(examples)
         starts, ends, _ = run_features(self.predictor, features, length_config, batch_size, progress)
-        return [ranked[:top_k] for ranked in ranked_answers(examples, features, starts, ends)]
+        per_pair: list[list[list[Answer]]] = [[] for _ in pairs]
+        for (i, offset, _, prior), ranked in zip(reads, ranked_answers(examples, features, starts, ends)):
+            per_pair[i].append([Answer(a.text, a.score, a.start + offset, a.end + offset, a.logit + prior)
+                                for a in ranked])
+        return [ranked[0][:top_k] if len(ranked) == 1 else merge_answers(ranked, top_k) for ranked in per_pair]
+
+    def reads(self, question: str, context: str, passages: int | None) -> list[tuple[int, int, float]]:
+        """(start, end, logit prior) of each part of the context the model reads (quala.longdoc)."""
+        from quala.longdoc import best_passages
+        return [(0, len(context), 0.0)] if passages is None else best_passages(question, context, self.tokenizer,
+                                                                               passages)
 
     def evaluate(self, examples: list[Example], length_config: LengthConfig | None = None, batch_size: int = 32,
                  progress: bool = True) -> EvalResult:
@@ -86,15 +103,19 @@ class QuestionAnswerer:
             examples), progress=progress)
 
     def __call__(self, question: str | list[str], context: str | list[str], budget: str | None = None,
-                 top_k: int = 1, length_config: str | LengthConfig | None = None, batch_size: int = 32):
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-            raise QualaError(f"top_k must be a whole number >= 1, got {top_k!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise QualaError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+                 top_k: int = 1, length_config: str | LengthConfig | None = None, batch_size: int = 32,
+                 passages: int | None = PASSAGES):
+        """passages: a context longer than this many passages (~160 tokens each) is read only in its `passages`
+        best passages for the question (BM25, quala.longdoc); None reads every window of every context."""
+        for name, value in (("top_k", top_k), ("batch_size", batch_size), ("passages", passages)):
+            if value is None and name == "passages":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise QualaError(f"{name} must be a whole number >= 1, got {value!r}")
         lc, _ = self.resolve(budget, length_config)
         questions, contexts = as_texts(question, "question"), as_texts(context, "context")
         if isinstance(question, str) and not isinstance(context, str):  # one question, several contexts
-            ranked = self.answer_pairs([(question, c) for c in contexts], lc, top_k, batch_size)
+            ranked = self.answer_pairs([(question, c) for c in contexts], lc, top_k, batch_size, passages=passages)
             return shape(merge_contexts(ranked, top_k), top_k)
         if isinstance(context, str):
             contexts = contexts * len(questions)
@@ -104,7 +125,8 @@ class QuestionAnswerer:
             raise QualaError(f"{len(questions)} questions and {len(contexts)} contexts: give one context, or one "
                              f"per question")
         results = [shape([answer_dict(a) for a in ranked], top_k)
-                   for ranked in self.answer_pairs(list(zip(questions, contexts)), lc, top_k, batch_size)]
+                   for ranked in self.answer_pairs(list(zip(questions, contexts)), lc, top_k, batch_size,
+                                                   passages=passages)]
         return results[0] if isinstance(question, str) and isinstance(context, str) else results
 
 
@@ -127,18 +149,28 @@ def shape(answers: list[dict], top_k: int):
     return answers[0] if top_k == 1 else answers
 
 
-def merge_contexts(ranked: list[list[Answer]], top_k: int) -> list[dict]:
-    """The best answers of one question across several contexts. Each context's scores are a softmax over its own
-    candidates; across contexts the span logits (start + end) are comparable, so candidates are ranked by logit
-    and their scores renormalised over the merged list."""
+def merged(ranked: list[list[Answer]], top_k: int) -> list[tuple[int, Answer]]:
+    """The best answers of one question across several texts, with the index of the text each comes from. Each
+    text's scores are a softmax over its own candidates; across texts the span logits (start + end) are
+    comparable, so candidates are ranked by logit and their scores renormalised over the merged list."""
     rows = [(a.logit, i, a) for i, answers in enumerate(ranked) for a in answers if a.text]
     if not rows:
-        return [dict(answer_dict(Answer("", 0.0, 0, 0)), context=0)]
+        return [(0, Answer("", 0.0, 0, 0))]
     rows.sort(key=lambda r: -r[0])
     rows = rows[:top_k]
     probs = np.exp(np.array([r[0] for r in rows]) - rows[0][0])
     probs /= probs.sum()
-    return [dict(answer_dict(a), score=float(p), context=i) for (_, i, a), p in zip(rows, probs)]
+    return [(i, Answer(a.text, float(p), a.start, a.end, a.logit)) for (_, i, a), p in zip(rows, probs)]
+
+
+def merge_answers(ranked: list[list[Answer]], top_k: int) -> list[Answer]:
+    """Passages of one context: the same offsets, one ranking."""
+    return [a for _, a in merged(ranked, top_k)]
+
+
+def merge_contexts(ranked: list[list[Answer]], top_k: int) -> list[dict]:
+    """Several contexts for one question: each answer names its context."""
+    return [dict(answer_dict(a), context=i) for i, a in merged(ranked, top_k)]
 
 
 def verify_checksums(model_dir: Path) -> None:
