@@ -166,10 +166,11 @@ class Part:
 class Job:
     """One HTTP request's work. The event loop creates and cancels it; the worker thread runs and resolves it."""
 
-    def __init__(self, parts: list[Part], deadline: float, loop: asyncio.AbstractEventLoop):
-        self.parts, self.deadline, self.loop = parts, deadline, loop
+    def __init__(self, parts: list[Part], timeout_s: float, loop: asyncio.AbstractEventLoop):
+        self.parts, self.timeout_s, self.loop = parts, timeout_s, loop
         self.future: asyncio.Future = loop.create_future()
         self.arrived = time.monotonic()
+        self.deadline = self.arrived + timeout_s
         self.cancelled = False
         self.windows = 0
 
@@ -270,7 +271,7 @@ class Engine:
                         f"(max_windows; a context of {limits['context_tokens_always_accepted']:,} tokens always fits)")
 
     def submit(self, parts: list[Part], timeout_s: float | None = None) -> Job:
-        job = Job(parts, time.monotonic() + (timeout_s or self.limits.request_timeout_s), asyncio.get_running_loop())
+        job = Job(parts, timeout_s or self.limits.request_timeout_s, asyncio.get_running_loop())
         with self.lock:
             self.incoming.append(job)
             self.lock.notify()
@@ -322,8 +323,8 @@ class Engine:
                 self.finish(job, None)
             elif now > job.deadline:
                 self.dropped += 1
-                self.finish(job, TimedOut(f"no answer within the request timeout of {self.limits.request_timeout_s:g}"
-                                          f" s (quala serve --request-timeout)"))
+                self.finish(job, TimedOut(f"no answer within the request timeout of {job.timeout_s:g} s "
+                                          f"(quala serve --request-timeout)"))
         self.tokenize_some()
         run = self.pick()
         if run:
@@ -445,15 +446,17 @@ async def outcome(job: Job, request: Request) -> list[list[Answer]] | None:
             return job.future.result()
         if gone.done():
             return None
-        raise TimedOut(f"no answer within the request timeout of {job.deadline - job.arrived:g} s "
+        raise TimedOut(f"no answer within the request timeout of {job.timeout_s:g} s "
                        f"(quala serve --request-timeout)")
     finally:
         gone.cancel()
         job.cancel()
 
 
-class _BodyTooLarge(Exception):
-    pass
+class _BodyTooLarge(HTTPException):
+    """Raised by BodyLimit's receive(). An HTTPException, because FastAPI turns any other exception raised while it
+    reads a body into a 400 ("There was an error parsing the body"); this one it passes on, and the app's handler
+    answers it as a 413 in the error shape (BodyLimit answers it where it escapes the app)."""
 
 
 class BodyLimit:
@@ -463,6 +466,7 @@ class BodyLimit:
 
     def __init__(self, app, limit: int):
         self.app, self.limit = app, limit
+        self.message = f"request body is over the limit of {limit} bytes"
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -477,7 +481,7 @@ class BodyLimit:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.limit:
-                raise _BodyTooLarge
+                raise _BodyTooLarge(413, self.message, headers={"connection": "close"})
             return message
 
         async def tracked_send(message):
@@ -493,8 +497,7 @@ class BodyLimit:
             await self.refuse(scope, receive, send)
 
     async def refuse(self, scope, receive, send) -> None:
-        response = JSONResponse({"error": f"request body is over the limit of {self.limit} bytes"}, 413,
-                                headers={"connection": "close"})
+        response = JSONResponse({"error": self.message}, 413, headers={"connection": "close"})
         await response(scope, receive, send)
 
 

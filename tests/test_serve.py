@@ -1,5 +1,7 @@
 import asyncio
+import itertools
 import json
+import time
 
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ from quala.evaluate import TorchPredictor
 from quala.modeling import load
 from quala.data import collate, make_features
 from quala.runtime import load_predictor
-from quala.serve import Engine, create_app
+from quala.serve import MAX_BUDGET_CHARS, Engine, Limits, TimedOut, create_app
 
 CONTEXT = "The Amazon River flows through Brazil, Peru and Colombia. It is the largest river by discharge."
 
@@ -112,9 +114,291 @@ def test_long_context_is_windowed_not_truncated(client):
     (json.dumps({"question": "Q?", "context": CONTEXT, "top_k": 0}), 422, "top_k: Input should be greater"),
     (json.dumps({"question": "Q?", "context": CONTEXT, "extra": 1}), 422, "extra: Extra inputs are not permitted"),
     (json.dumps({"question": "Q?", "context": "x" * 30_000}), 413, "over the limit of 20000 bytes"),
+    (b'{"question": "Q?", "context": "\\ud800 lone"}', 422, "context: Input should be a valid string"),
+    (b'{"question": "\xff?", "context": "text"}', 400, "request body is not valid UTF-8 (byte 14"),
 ])
 def test_bad_input_gets_a_4xx_naming_the_problem(client, body, status, message):
     r = client.post("/answer", content=body, headers={"Content-Type": "application/json"})
-    assert r.status_code == status, r.text
-    assert message in r.json()["error"]
+    error(r, status, message)
     assert client.get("/health").status_code == 200  # still serving
+
+
+
+# ---- the defences against hostile traffic: each test fails if its defence is taken out ------------------------
+
+LONG = " ".join(["filler text goes here."] * 700) + " The key is under the mat."  # 58 windows of the tiny model
+
+
+def error(r, status: int, *needles: str) -> str:
+    """Every 4xx/5xx answer is {"error": message}: exactly that key, whatever raised it."""
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) == {"error"}, body
+    for needle in needles:
+        assert needle in body["error"], body
+    return body["error"]
+
+
+@pytest.fixture(scope="module")
+def make_engine(tiny_model_dir):
+    """A dedicated engine with its own limits (the model loaded once)."""
+    model, tokenizer = load(tiny_model_dir)
+
+    def make(limits: Limits = Limits(), max_batch: int = 4, max_wait_ms: float = 1.0) -> Engine:
+        return Engine(TorchPredictor(model), tokenizer, model.config, tiny_front(), max_batch, max_wait_ms, limits)
+    return make
+
+
+def settle(engine: Engine, timeout_s: float = 10.0) -> None:
+    """Wait for the worker to have nothing left (dropped work goes at its next turn)."""
+    deadline = time.monotonic() + timeout_s
+    while engine.pending() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert engine.pending() == 0
+
+
+async def asgi_request(app, chunks, headers=(("content-type", "application/json"),), path="/answer", gone=None):
+    """One POST straight through the ASGI app, the way uvicorn delivers it: the body as one receive() message per
+    chunk (no Content-Length unless given), then receive() blocks until `gone` (an asyncio.Event) is set and reports
+    the client's disconnect. Returns (status, JSON body or None, chunks the app asked for)."""
+    chunks, read, finished, sent = iter(chunks), 0, False, []
+
+    async def receive():
+        nonlocal read, finished
+        if not finished:
+            chunk = next(chunks, None)
+            if chunk is not None:
+                read += 1
+                return {"type": "http.request", "body": chunk, "more_body": True}
+            finished = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await (gone or asyncio.Event()).wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+             "headers": [(k.encode(), v.encode()) for k, v in headers], "client": ("127.0.0.1", 1),
+             "server": ("testserver", 80)}
+    await app(scope, receive, send)
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return status, json.loads(body) if body else None, read
+
+
+# a. the body limit, counted as the body streams in
+
+
+def test_a_chunked_body_over_the_limit_gets_a_json_413(client):
+    def chunks():  # a generator: httpx sends it chunked, with no Content-Length
+        for _ in range(10):
+            yield b"x" * 5000
+    r = client.post("/answer", content=chunks(), headers={"Content-Type": "application/json"})
+    assert "content-length" not in r.request.headers and r.request.headers["transfer-encoding"] == "chunked"
+    error(r, 413, "request body is over the limit of 20000 bytes")
+    assert r.headers["connection"] == "close"  # the rest of the body is not read
+    assert client.get("/health").json() == {"status": "ok", "pending": 0}
+
+
+def test_a_streamed_body_is_refused_once_past_the_limit_and_never_read_further(client):
+    # uvicorn hands a chunked body over chunk by chunk: the 5th of 5000 bytes passes 20,000; none after it is read
+    status, body, read = asyncio.run(asgi_request(client.app, itertools.repeat(b"x" * 5000, 10)))
+    assert (status, read) == (413, 5) and body == {"error": "request body is over the limit of 20000 bytes"}
+    # a Content-Length over the limit is refused before a single byte of the body is read
+    status, body, read = asyncio.run(asgi_request(
+        client.app, itertools.repeat(b"x", 20_001), headers=[("content-type", "application/json"),
+                                                             ("content-length", "20001")]))
+    assert (status, read) == (413, 0) and body == {"error": "request body is over the limit of 20000 bytes"}
+    # at the limit exactly the body is read and answered
+    text = json.dumps({"question": "Which river?", "context": CONTEXT}).ljust(20_000)  # JSON may end in spaces
+    status, body, read = asyncio.run(asgi_request(client.app, [text[:10_000].encode(), text[10_000:].encode()]))
+    assert status == 200 and CONTEXT[body["start"]:body["end"]] == body["answer"]
+
+
+# b. the budget: 64 characters at most, checked before it is parsed
+
+
+def test_b_budget_over_64_characters_is_refused_at_once(client):
+    started = time.perf_counter()
+    r = client.post("/answer", json={"question": "Q?", "context": CONTEXT, "budget": "1" * 5000 + "!"})
+    assert time.perf_counter() - started < 1.0
+    error(r, 422, "budget: String should have at most 64 characters")
+    items = [{"question": "Q?", "context": CONTEXT}, {"question": "Q?", "context": CONTEXT, "budget": "9" * 65}]
+    error(client.post("/answer/batch", json={"items": items}), 422, "items.1.budget: String should have at most 64")
+    ok = client.post("/answer", json={"question": "Q?", "context": CONTEXT, "budget": "1" * (MAX_BUDGET_CHARS - 2)
+                                      + "ms"})
+    assert ok.status_code == 200 and ok.json()["config"] == "p2"  # 64 characters are read (a huge budget: p2)
+
+
+def test_b_blank_budget_is_the_most_accurate_and_a_negative_one_is_refused(client):
+    r = client.post("/answer", json={"question": "Q?", "context": CONTEXT, "budget": "   "})
+    assert r.status_code == 200 and r.json()["config"] == "p2"
+    error(client.post("/answer", json={"question": "Q?", "context": CONTEXT, "budget": "-1ms"}), 400,
+          "budget '-1ms': must be positive")
+
+
+# c. the window cap
+
+
+@pytest.fixture(scope="module")
+def two_windows(make_engine):
+    with TestClient(create_app(make_engine(Limits(max_windows=2)), max_body_bytes=50_000)) as c:
+        yield c
+
+
+def test_c_a_context_over_max_windows_gets_a_413_before_and_after_tokenizing(two_windows, tokenizer):
+    # 400 words are at least 5 windows: refused on the word count, before any tokenizing
+    r = two_windows.post("/answer", json={"question": "Q?", "context": " ".join(["river"] * 400)})
+    error(r, 413, "needs at least 5 windows of 128 tokens", "the limit is 2 windows per request (max_windows")
+    # 60 long words look like one window but are 9: refused once tokenized, before the model runs
+    word = "supercalifragilisticexpialidocious"
+    assert len(tokenizer.question_offsets(word)) > 5
+    r = two_windows.post("/answer", json={"question": "Q?", "context": " ".join([word] * 60)})
+    error(r, 413, "needs 9 windows of 128 tokens", "(max_windows")
+    # a batch's items count together: 3 one-window items are over 2
+    items = [{"question": "Q?", "context": CONTEXT}] * 3
+    error(two_windows.post("/answer/batch", json={"items": items}), 413, "at least 3 windows", "max_windows")
+    assert two_windows.post("/answer/batch", json={"items": items[:2]}).status_code == 200
+    assert two_windows.app.state.engine.pending() == 0
+
+
+def test_c_configs_report_the_limits_and_the_always_accepted_context_fits(two_windows, tokenizer):
+    limits = two_windows.get("/configs").json()["limits"]
+    assert limits["max_windows"] == 2 and limits["max_body_bytes"] == 50_000
+    assert limits["max_budget_chars"] == MAX_BUDGET_CHARS and limits["window_tokens"] == 128
+    n = limits["context_tokens_always_accepted"]
+    context = " ".join(["river"] * n)  # one token a word
+    assert len(tokenizer.question_offsets(context)) == n
+    longest_question = " ".join(["which"] * 100)  # cut to max_query_length tokens
+    r = two_windows.post("/answer", json={"question": longest_question, "context": context})
+    assert r.status_code == 200, r.text
+    # and one token more does not (so the number is exact, not merely safe)
+    error(two_windows.post("/answer", json={"question": longest_question, "context": context + " river"}),
+          413, "needs 3 windows", f"a context of {n} tokens always fits")
+
+
+# d. the request deadline, and dropped work
+
+
+def test_d_past_the_deadline_a_504_and_the_work_is_dropped(make_engine, client):
+    engine = make_engine(Limits(request_timeout_s=0.1, max_windows=300))
+    huge = " ".join(["filler text goes here."] * 2500)  # 200+ windows: far more than 0.1 s of work
+    with TestClient(create_app(engine)) as c:
+        ran, dropped = engine.windows_run, engine.dropped
+        started = time.perf_counter()
+        r = c.post("/answer", json={"question": "Where is the key?", "context": huge})
+        assert time.perf_counter() - started < 2.0
+        error(r, 504, "no answer within the request timeout of 0.1 s")
+        settle(engine)
+        assert engine.dropped == dropped + 1 and engine.windows_run - ran < engine.min_windows(huge)
+        # and the engine goes on answering, as it would have without the dropped request
+        body = {"question": "Which countries?", "context": CONTEXT, "budget": "fastest", "top_k": 3}
+        again, alone = c.post("/answer", json=body), client.post("/answer", json=body)
+        assert again.status_code == 200, again.text
+        assert {k: v for k, v in again.json().items() if k != "measured_ms"} == \
+               {k: v for k, v in alone.json().items() if k != "measured_ms"}
+        assert c.get("/health").json() == {"status": "ok", "pending": 0}
+
+
+def test_d_the_worker_drops_work_past_its_deadline_without_http_too(make_engine):
+    engine = make_engine(Limits(request_timeout_s=0.1, max_windows=300))
+    huge = " ".join(["filler text goes here."] * 2500)
+    ran, dropped = engine.windows_run, engine.dropped
+    with pytest.raises(TimedOut, match="no answer within the request timeout of 0.1 s"):
+        asyncio.run(engine.answer("Where is the key?", huge, None, 1))  # no HTTP handler to give up on it
+    settle(engine)
+    assert engine.dropped == dropped + 1 and engine.windows_run - ran < engine.min_windows(huge)
+
+
+def test_d_the_504_comes_at_the_deadline_whatever_the_worker_is_doing(make_engine):
+    """The event loop answers at the deadline itself: it does not wait for the worker's next turn (here the worker
+    spends half a second waiting for batch mates before it looks at the request)."""
+    engine = make_engine(Limits(request_timeout_s=0.05), max_batch=16, max_wait_ms=500)
+    with TestClient(create_app(engine)) as client:
+        started = time.perf_counter()
+        r = client.post("/answer", json={"question": "Which river?", "context": CONTEXT})
+        elapsed = time.perf_counter() - started
+        error(r, 504, "no answer within the request timeout of 0.05 s")
+        assert elapsed < 0.3, elapsed
+        settle(engine)
+        assert engine.windows_run == 0 and engine.dropped == 1
+
+
+def test_d_a_client_that_disconnects_has_its_work_dropped(make_engine):
+    engine = make_engine(Limits(max_windows=300))
+    app = create_app(engine)
+    context = " ".join(["filler text goes here."] * 2500)  # 200+ windows
+    body = json.dumps({"question": "Where is the key?", "context": context})
+
+    async def leave_early():
+        gone = asyncio.Event()
+        asyncio.get_running_loop().call_later(0.05, gone.set)
+        return await asgi_request(app, [body.encode()], gone=gone)
+
+    ran, dropped = engine.windows_run, engine.dropped
+    started = time.perf_counter()
+    status, _, _ = asyncio.run(leave_early())
+    assert status == 499 and time.perf_counter() - started < 2.0
+    settle(engine)
+    assert engine.dropped == dropped + 1 and engine.windows_run - ran < engine.min_windows(context)
+
+
+# e. fairness: requests take turns, a few windows each
+
+
+@pytest.mark.parametrize("max_batch", [4, 16])
+def test_e_a_small_request_is_not_stuck_behind_a_large_one(make_engine, max_batch):
+    engine = make_engine(max_batch=max_batch, max_wait_ms=20)
+    question = "Which countries does it flow through?"
+
+    async def race():
+        finished = []
+
+        async def ask(name, q, c):
+            answer = await engine.answer(q, c, None, 1)
+            finished.append(name)
+            return answer
+
+        large = asyncio.create_task(ask("large", "Where is the key?", LONG))
+        await asyncio.sleep(0)  # the large one is submitted first
+        small = asyncio.create_task(ask("small", question, CONTEXT))
+        await asyncio.gather(large, small)
+        return finished, small.result()
+
+    ran = engine.windows_run
+    finished, small = asyncio.run(race())
+    assert engine.windows_run - ran == 59  # the large request's 58 windows and the small one's
+    assert finished == ["small", "large"]
+    alone = asyncio.run(engine.answer(question, CONTEXT, None, 1))
+    assert small == alone
+
+
+# f. content types, encodings, HEAD and offline docs
+
+
+def test_f_non_json_bodies_head_requests_and_offline_docs(client):
+    r = client.post("/answer", content=json.dumps({"question": "Q?", "context": CONTEXT}),
+                    headers={"Content-Type": "text/plain"})
+    error(r, 415, "Content-Type 'text/plain' is not supported", "application/json")
+    error(client.post("/answer/batch", content=b"{}", headers={"Content-Type": "application/x-www-form-urlencoded"}),
+          415, "Content-Type 'application/x-www-form-urlencoded'")
+    error(client.post("/answer", content=b"{}"), 415, "the Content-Type header is missing")
+    ok = client.post("/answer", content=json.dumps({"question": "Q?", "context": CONTEXT}),
+                     headers={"Content-Type": "application/json; charset=utf-8"})
+    assert ok.status_code == 200
+    error(client.post("/answer", content=b'{"question": "caf\xe9?", "context": "text"}',
+                      headers={"Content-Type": "application/json"}), 400, "request body is not valid UTF-8")
+    error(client.get("/no-such-page"), 404, "Not Found")
+    error(client.get("/answer"), 405, "Method Not Allowed")
+    for path in ("/", "/health", "/configs"):
+        r = client.head(path)
+        assert r.status_code == 200 and r.content == b"", path
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "/docs-assets/swagger-ui-bundle.js" in docs.text
+    assert "cdn" not in docs.text.lower() and "https://" not in docs.text
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js"):
+        r = client.get(f"/docs-assets/{asset}")
+        assert r.status_code == 200 and len(r.content) > 10_000, asset
+    assert "/docs-assets/redoc.standalone.js" in client.get("/redoc").text
