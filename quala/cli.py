@@ -418,7 +418,14 @@ def cmd_serve(args) -> None:
     limits = Limits(max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_windows=args.max_windows,
                     request_timeout_s=args.request_timeout, max_connections=args.max_connections)
     serve(args.model or default_model_dir(), args.host, args.port, args.runtime, args.max_batch, args.max_wait_ms,
-          limits)
+          limits, None if args.read_all else args.passages)
+
+
+def add_passage_args(p) -> None:
+    p.add_argument("--passages", type=positive_int, default=PASSAGES,
+                   help=f"a context longer than this many passages of ~160 tokens is read only in the ones BM25 "
+                        f"ranks best for the question (default {PASSAGES})")
+    p.add_argument("--read-all", action="store_true", help="read every window of a long context instead")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -447,10 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context-file", type=Path, default=None,
                    help="read the context from this UTF-8 file (default: --context, else standard input)")
     p.add_argument("--top-k", type=positive_int, default=1, help="answers per question, best first (default 1)")
-    p.add_argument("--passages", type=positive_int, default=PASSAGES,
-                   help=f"a context longer than this many passages of ~160 tokens is read only in the ones BM25 "
-                        f"ranks best for the question (default {PASSAGES})")
-    p.add_argument("--read-all", action="store_true", help="read every window of a long context instead")
+    add_passage_args(p)
     p.set_defaults(func=cmd_answer)
 
     p = sub.add_parser("train", help="fine-tune and LengthDrop-train a model on SQuAD v1.1",
@@ -481,6 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--request-timeout", type=positive_float, default=30.0,
                    help="seconds before a request still waiting for its answer gets a 504 and its work is dropped "
                         "(default 30)")
+    add_passage_args(p)
     p.add_argument("--max-connections", type=positive_int, default=1000,
                    help="open connections at most; beyond it the one waiting longest for its request is closed "
                         "(default 1000)")

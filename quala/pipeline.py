@@ -80,21 +80,15 @@ class QuestionAnswerer:
         A context longer than `passages` passages of about quala.longdoc.PASSAGE_TOKENS tokens is read only in the
         `passages` that BM25 ranks best for the question, answers ranked across them by span logit plus a retrieval
         prior (quala.longdoc); shorter contexts, or any with passages None, are read whole, every window."""
-        reads = [(i, *span) for i, (q, c) in enumerate(pairs) for span in self.reads(q, c, passages)]
-        examples = [Example(str(j), pairs[i][0], pairs[i][1][s:e]) for j, (i, s, e, _) in enumerate(reads)]
+        reads = [context_reads(q, c, self.tokenizer, passages) for q, c in pairs]
+        examples = [e for (q, c), r in zip(pairs, reads) for e in read_examples(q, c, r)]
         features = self.features(examples)
         starts, ends, _ = run_features(self.predictor, features, length_config, batch_size, progress)
-        per_pair: list[list[list[Answer]]] = [[] for _ in pairs]
-        for (i, offset, _, prior), ranked in zip(reads, ranked_answers(examples, features, starts, ends)):
-            per_pair[i].append([Answer(a.text, a.score, a.start + offset, a.end + offset, a.logit + prior)
-                                for a in ranked])
-        return [ranked[0][:top_k] if len(ranked) == 1 else merge_answers(ranked, top_k) for ranked in per_pair]
-
-    def reads(self, question: str, context: str, passages: int | None) -> list[tuple[int, int, float]]:
-        """(start, end, logit prior) of each part of the context the model reads (quala.longdoc)."""
-        from quala.longdoc import best_passages
-        return [(0, len(context), 0.0)] if passages is None else best_passages(question, context, self.tokenizer,
-                                                                               passages)
+        ranked, out = ranked_answers(examples, features, starts, ends), []
+        for r in reads:
+            out.append(answers_of_reads(r, ranked[:len(r)], top_k))
+            ranked = ranked[len(r):]
+        return out
 
     def evaluate(self, examples: list[Example], length_config: LengthConfig | None = None, batch_size: int = 32,
                  progress: bool = True) -> EvalResult:
@@ -128,6 +122,25 @@ class QuestionAnswerer:
                    for ranked in self.answer_pairs(list(zip(questions, contexts)), lc, top_k, batch_size,
                                                    passages=passages)]
         return results[0] if isinstance(question, str) and isinstance(context, str) else results
+
+
+def context_reads(question: str, context: str, tokenizer, passages: int | None) -> list[tuple[int, int, float]]:
+    """(start, end, logit prior) of each part of the context the model reads: the whole context, or for a long
+    one its best passages for the question (quala.longdoc)."""
+    from quala.longdoc import best_passages
+    return [(0, len(context), 0.0)] if passages is None else best_passages(question, context, tokenizer, passages)
+
+
+def read_examples(question: str, context: str, reads: list[tuple[int, int, float]]) -> list[Example]:
+    return [Example(str(j), question, context[s:e]) for j, (s, e, _) in enumerate(reads)]
+
+
+def answers_of_reads(reads: list[tuple[int, int, float]], ranked: list[list[Answer]], top_k: int) -> list[Answer]:
+    """The top_k answers of one context from the ranked answers of each of its reads: offsets moved into the whole
+    context, span logits plus the read's prior, one ranking across reads."""
+    moved = [[Answer(a.text, a.score, a.start + s, a.end + s, a.logit + prior) for a in answers]
+             for (s, _, prior), answers in zip(reads, ranked)]
+    return moved[0][:top_k] if len(moved) == 1 else merge_answers(moved, top_k)
 
 
 def as_texts(value: str | list[str], name: str) -> list[str]:

@@ -32,7 +32,9 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from quala.budget import MAX_BUDGET_CHARS, Front, FrontPoint, select
 from quala.config import LengthConfig, QualaError
-from quala.data import Answer, Example, collate, make_features, ranked_answers
+from quala.data import Answer, collate, make_features, ranked_answers
+from quala.longdoc import PASSAGES
+from quala.pipeline import answers_of_reads, context_reads, read_examples
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 DOCS_ASSETS = importlib.resources.files("fastapi_offline") / "static"  # Swagger UI and ReDoc, no CDN
@@ -143,6 +145,7 @@ class Part:
     context: str
     lc: LengthConfig | None
     top_k: int
+    reads: list = field(default_factory=list)  # (start, end, prior) of the context's parts read (quala.pipeline)
     features: list | None = None  # None until tokenized
     order: list[int] = field(default_factory=list)  # window indices, longest first (the order quala.load() runs)
     starts: list = field(default_factory=list)
@@ -159,8 +162,9 @@ class Part:
         return rows
 
     def answers(self) -> list[Answer]:
-        return ranked_answers([Example("0", self.question, self.context)], self.features, self.starts,
-                              self.ends)[0][:self.top_k]
+        examples = read_examples(self.question, self.context, self.reads)
+        return answers_of_reads(self.reads, ranked_answers(examples, self.features, self.starts, self.ends),
+                                self.top_k)
 
 
 class Job:
@@ -208,8 +212,11 @@ class Engine:
     """
 
     def __init__(self, predictor, tokenizer, model_config, front: Front | None, max_batch: int = 16,
-                 max_wait_ms: float = 5.0, limits: Limits = Limits()):
+                 max_wait_ms: float = 5.0, limits: Limits = Limits(), passages: int | None = None):
+        """passages: read a longer context only in its best passages for the question, as quala.load() does
+        (None: every window)."""
         self.predictor, self.tokenizer, self.model_config, self.front = predictor, tokenizer, model_config, front
+        self.passages = passages
         self.max_batch, self.max_wait_ms, self.limits = max_batch, max_wait_ms, limits
         self.batch_invariant = getattr(predictor, "batch_invariant", True)
         self.lock = threading.Condition()
@@ -260,7 +267,7 @@ class Engine:
         return 1 + math.ceil(max(0, words - per_window) / max(1, per_window - c.doc_stride))
 
     def check_size(self, parts: list[Part]) -> None:
-        n = sum(self.min_windows(p.context) for p in parts)
+        n = sum(self.min_windows(p.context) if self.passages is None else 1 for p in parts)
         if n > self.limits.max_windows:
             raise self.too_large(n, at_least=True)
 
@@ -344,7 +351,8 @@ class Engine:
     def tokenize(self, job: Job, part: Part) -> bool:
         c = self.model_config
         try:
-            part.features = make_features([Example("0", part.question, part.context)], self.tokenizer,
+            part.reads = context_reads(part.question, part.context, self.tokenizer, self.passages)
+            part.features = make_features(read_examples(part.question, part.context, part.reads), self.tokenizer,
                                           c.max_seq_length, c.doc_stride, c.max_query_length)
         except QualaError as e:
             self.finish(job, e)
@@ -664,18 +672,19 @@ def server_config(app: FastAPI, host: str, port: int, limits: Limits, log_level:
 
 
 def load_engine(model_dir: str | Path | None = None, runtime: str = "auto", max_batch: int = 16,
-                max_wait_ms: float = 5.0, limits: Limits = Limits()) -> Engine:
+                max_wait_ms: float = 5.0, limits: Limits = Limits(), passages: int | None = PASSAGES) -> Engine:
     import quala
     qa = quala.load(model_dir, runtime)
-    return Engine(qa.predictor, qa.tokenizer, qa.config, qa.front, max_batch, max_wait_ms, limits)
+    return Engine(qa.predictor, qa.tokenizer, qa.config, qa.front, max_batch, max_wait_ms, limits, passages)
 
 
 def serve(model_dir: str | Path | None = None, host: str = "127.0.0.1", port: int = 8000, runtime: str = "auto",
-          max_batch: int = 16, max_wait_ms: float = 5.0, limits: Limits = Limits()) -> None:
+          max_batch: int = 16, max_wait_ms: float = 5.0, limits: Limits = Limits(),
+          passages: int | None = PASSAGES) -> None:
     import uvicorn
     connections = open_files_limit(limits.max_connections)
     if connections < limits.max_connections:
         log.warning("at most %d connections: the open-file limit allows no more", connections)
         limits = Limits(**dict(asdict(limits), max_connections=connections))
-    app = create_app(load_engine(model_dir, runtime, max_batch, max_wait_ms, limits))
+    app = create_app(load_engine(model_dir, runtime, max_batch, max_wait_ms, limits, passages))
     uvicorn.Server(server_config(app, host, port, limits)).run()

@@ -402,3 +402,24 @@ def test_f_non_json_bodies_head_requests_and_offline_docs(client):
         r = client.get(f"/docs-assets/{asset}")
         assert r.status_code == 200 and len(r.content) > 10_000, asset
     assert "/docs-assets/redoc.standalone.js" in client.get("/redoc").text
+
+
+def test_server_reads_long_contexts_as_quala_load_does(data_dir):
+    """With passages (quala serve's default) the engine reads the best BM25 passages of a long context, and its
+    answers equal the library's, offsets into the whole context."""
+    import quala
+    from quala.data import load_squad
+    from quala.longdoc import PASSAGES
+    qa = quala.load()
+    examples = load_squad(data_dir / "dev.json")
+    context = "\n\n".join(list(dict.fromkeys(e.context for e in examples)) * 3)
+    engine = Engine(qa.predictor, qa.tokenizer, qa.config, qa.front, passages=PASSAGES)
+    with TestClient(create_app(engine)) as c:
+        for e in examples[:3]:
+            got = c.post("/answer", json={"question": e.question, "context": context, "top_k": 2}).json()
+            want = qa(e.question, context, top_k=2)
+            assert [(a["answer"], a["start"]) for a in got["answers"]] == [(a["answer"], a["start"]) for a in want]
+            assert context[got["start"]:got["end"]] == got["answer"]
+    reads = len(qa.features([quala.data.Example("0", e.question, context[s:t])
+                             for s, t, _ in quala.longdoc.best_passages(e.question, context, qa.tokenizer, PASSAGES)]))
+    assert engine.windows_run == 3 * reads < 3 * len(qa.features([quala.data.Example("0", e.question, context)]))
