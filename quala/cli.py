@@ -181,7 +181,7 @@ def cmd_export(args) -> None:
 def cmd_quantize(args) -> None:
     from quala.quantize import quantize_model
     path = quantize_model(args.model, args.mode, args.output, args.keep_float, args.calibration_features,
-                          args.train_file, args.embeddings)
+                          args.train_file, args.embeddings, args.activations)
     print(f"INT8 ({args.mode}) model written to {path} ({path.stat().st_size / 2**20:.1f} MiB)")
 
 
@@ -212,6 +212,10 @@ def add_onnx_parsers(sub) -> None:
     p.add_argument("--embeddings", choices=["fp32", "fp16", "int8"], default="fp32",
                    help="storage of the word-embedding table, 80%% of the file: fp32 (default), fp16 (the file "
                         "shrinks 1.7x, no accuracy change) or int8 with a scale per row (2.6x; about -0.8 F1)")
+    p.add_argument("--activations", choices=["per-tensor", "per-row"], default="per-tensor",
+                   help="dynamic mode's activation scales: per-tensor (default: ONNX Runtime's, one per batch, so "
+                        "a row's answer depends on its batch-mates) or per-row (one scale and zero point per "
+                        "token: batch-invariant, so the server may batch requests together)")
     p.set_defaults(func=cmd_quantize)
 
 

@@ -4,7 +4,10 @@ Only the MatMuls with a weight matrix are quantized (the linear layers, about 86
 tokens); the two attention MatMuls stay in float, so the attention probabilities that rank the tokens to keep
 are not rounded. Nodes can be kept in float by name as well (`keep_float`, a regular expression).
 
-- dynamic (default): int8 per-channel weights, activations quantized on the fly per batch. No calibration data.
+- dynamic (default): int8 per-channel weights, activations quantized on the fly. No calibration data. With
+  activations="per-tensor" (default, ONNX Runtime's own graph) one uint8 scale and zero point per MatMul input,
+  computed from the whole batch: a row's logits depend on the rows it is batched with. With "per-row" each token
+  (row of the MatMul input) gets its own scale and zero point (see per_row_activations): batch-invariant.
 - static: QDQ, per-channel symmetric int8 weights, uint8 activations with ranges from calibration on SQuAD *train*
   features (never dev), fed with a mix of full-length and reduced length configurations.
 """
@@ -24,6 +27,8 @@ from quala.files import atomic_write
 
 MODES = ("dynamic", "static")
 EMBEDDINGS = ("fp32", "fp16", "int8")
+ACTIVATIONS = ("per-tensor", "per-row")
+ACTIVATIONS_KEY = "quala.activations"  # metadata_props entry of a per-row graph
 
 
 def weight_matmuls(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
@@ -95,16 +100,24 @@ def train_features(tokenizer, config, n: int, train_file: str | os.PathLike | No
 
 def quantize_model(model_dir: str | os.PathLike, mode: str = "dynamic", output: str | os.PathLike | None = None,
                    keep_float: str | None = None, calibration_features: int = 256,
-                   train_file: str | os.PathLike | None = None, embeddings: str = "fp32") -> Path:
+                   train_file: str | os.PathLike | None = None, embeddings: str = "fp32",
+                   activations: str = "per-tensor") -> Path:
     """DIR/model.onnx -> DIR/model.int8.onnx (exported first when only PyTorch weights are there).
 
-    embeddings: how the word-embedding table is stored: fp32, fp16 or int8 (see compress_word_embeddings)."""
+    embeddings: how the word-embedding table is stored: fp32, fp16 or int8 (see compress_word_embeddings).
+    activations (dynamic mode): per-tensor (ONNX Runtime's scales, one per batch) or per-row (one per token,
+    batch-invariant; see per_row_activations)."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     from quala.files import read_json
     from quala.modeling import ModelConfig
     if mode not in MODES:
         raise QualaError(f"quantization mode {mode!r}: choose one of {', '.join(MODES)}")
+    if activations not in ACTIVATIONS:
+        raise QualaError(f"activations {activations!r}: choose one of {', '.join(ACTIVATIONS)}")
+    if activations != "per-tensor" and mode != "dynamic":
+        raise QualaError(f"activations {activations!r} applies to dynamic quantization only (static activation "
+                         f"scales are calibrated constants, already the same for every batch)")
     model_dir = Path(model_dir)
     source = model_dir / "model.onnx"
     if not source.is_file():
@@ -118,6 +131,8 @@ def quantize_model(model_dir: str | os.PathLike, mode: str = "dynamic", output: 
         def write(out: str) -> None:
             quantize_dynamic(source, out, op_types_to_quantize=["MatMul"], per_channel=True,
                              weight_type=QuantType.QInt8, nodes_to_exclude=exclude)
+            if activations == "per-row":
+                onnx.save(per_row_activations(onnx.load(out)), out)
     else:
         reader = calibration_reader(model_dir, config, calibration_features, train_file)
 
@@ -137,6 +152,135 @@ def quantize_model(model_dir: str | os.PathLike, mode: str = "dynamic", output: 
             onnx.save(compress_word_embeddings(onnx.load(out), embeddings), out)
     atomic_write(target, write)
     return target
+
+
+def per_row_activations(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Rewrite ONNX Runtime's dynamic quantization so each row of a MatMul input (each token) has its own scale.
+
+    quantize_dynamic writes, for an activation X of shape (..., K) and each weight W (int8, K x N, per-channel):
+
+        X -> DynamicQuantizeLinear -> (Xq uint8, Xs scalar, Xzp scalar)
+        MatMulInteger(Xq, Wq, Xzp, Wzp) -> Cast(float) -> Mul(., Mul(Xs, Ws)) -> Add(bias)
+
+    Xs and Xzp come from the min and max over the whole tensor, i.e. the whole batch. Here the
+    DynamicQuantizeLinear becomes the same arithmetic over the last axis only (keepdims: Xs and the zero point
+    have shape (..., 1)): lo = min(min_k X, 0), hi = max(max_k X, 0), Xs = max((hi - lo) / 255, tiny),
+    zp = clip(round(-lo / Xs), 0, 255), Xq = uint8(clip(round(X / Xs) + zp, 0, 255)), the last with
+    QuantizeLinear per axis on X flattened to (rows, K) (one kernel instead of five elementwise ops, same
+    logits). Mul(Xs, Ws) then broadcasts to (..., N) unchanged.
+
+    ONNX allows a per-row a_zero_point on MatMulInteger, but ONNX Runtime's CPU kernel refuses any that is not a
+    scalar (1.32: "input1 zero point must be a scalar or 1D tensor of size 1", for N-D and for 2-D A alike). So
+    MatMulInteger runs with a zero point of 0 and the zero points come off exactly in int32 afterwards:
+    (Xq - zp) @ (Wq - Wzp) = Xq @ (Wq - Wzp) - zp * colsum, colsum_n = sum_k (Wq - Wzp)_kn, an initializer. A stays
+    uint8 against int8 weights, the fast u8s8 kernel of dynamic quantization.
+
+    Not the symmetric alternative (zero point 128 for every row, no correction): ONNX Runtime 1.32 then fuses
+    MatMulInteger -> Cast -> Mul into MatMulIntegerToFloat, whose kernel does not apply a per-row A scale (F1 42
+    instead of 84 on the shipped model; with optimizations below "extended" its logits are right). The int32 Sub here keeps that fusion off;
+    tests/test_quantize.py checks that no fused kernel appears."""
+    from onnx import TensorProto, helper, numpy_helper
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    quantizers = [n for n in graph.node if n.op_type == "DynamicQuantizeLinear"]
+    if not quantizers:
+        raise QualaError("no DynamicQuantizeLinear in the graph: not a dynamically quantized model")
+    prefix = "quala_per_row"
+    if opset < 14:
+        raise QualaError(f"per-row activations need ONNX opset 14 or later (Reshape allowzero); the graph has "
+                         f"{opset}: re-export it with `quala export`")
+    graph.initializer.extend([numpy_helper.from_array(np.array(v, np.float32), f"{prefix}/{name}") for name, v in
+                              (("zero", 0.0), ("levels", 255.0), ("tiny", np.finfo(np.float32).tiny))])
+    graph.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), f"{prefix}/flat"))
+
+    def reduce(op: str, x: str, out: str, name: str):
+        if opset >= 18:  # axes became an input in opset 18
+            if f"{prefix}/last_axis" not in inits:
+                inits[f"{prefix}/last_axis"] = numpy_helper.from_array(np.array([-1], np.int64), f"{prefix}/last_axis")
+                graph.initializer.append(inits[f"{prefix}/last_axis"])
+            return helper.make_node(op, [x, f"{prefix}/last_axis"], [out], name=name, keepdims=1)
+        return helper.make_node(op, [x], [out], name=name, axes=[-1], keepdims=1)
+
+    replace, after = {}, {}  # id(DynamicQuantizeLinear) -> nodes standing for it; id(MatMulInteger) -> nodes after
+    changed = set()  # tensors whose shape changes (per-tensor scalars become per-row)
+    for dq in quantizers:
+        x, (xq, xs, xzp) = dq.input[0], dq.output
+        users = consumers.get(xq, []) + consumers.get(xzp, [])
+        if not users or any(u.op_type != "MatMulInteger" or u.input[0] != xq or len(u.input) < 3
+                            or u.input[2] != xzp or u.input[1] not in inits for u in users):
+            raise QualaError(f"{dq.name}: its outputs do not feed MatMulInteger(x, weight, zero point, ...) only; "
+                             f"not the pattern of onnxruntime.quantization.quantize_dynamic")
+        if any(u.op_type != "Mul" for u in consumers.get(xs, [])):
+            raise QualaError(f"{dq.name}: its scale feeds something other than a Mul")
+        p = f"{dq.name or x}/per_row"
+        t = lambda s: f"{p}/{s}"  # noqa: E731
+        c = lambda s: f"{prefix}/{s}"  # noqa: E731
+        nodes = [
+            reduce("ReduceMin", x, t("min"), t("ReduceMin")),
+            reduce("ReduceMax", x, t("max"), t("ReduceMax")),
+            helper.make_node("Min", [t("min"), c("zero")], [t("lo")], name=t("Min")),  # the range includes 0
+            helper.make_node("Max", [t("max"), c("zero")], [t("hi")], name=t("Max")),
+            helper.make_node("Sub", [t("hi"), t("lo")], [t("range")], name=t("Sub")),
+            helper.make_node("Div", [t("range"), c("levels")], [t("raw_scale")], name=t("Div_scale")),
+            helper.make_node("Max", [t("raw_scale"), c("tiny")], [xs], name=t("Max_tiny")),  # all-zero rows
+            helper.make_node("Div", [t("lo"), xs], [t("lo_steps")], name=t("Div_lo")),
+            helper.make_node("Round", [t("lo_steps")], [t("lo_round")], name=t("Round_lo")),
+            helper.make_node("Neg", [t("lo_round")], [t("zp_raw")], name=t("Neg_lo")),
+            helper.make_node("Clip", [t("zp_raw"), c("zero"), c("levels")], [t("zp")], name=t("Clip_zp")),
+            helper.make_node("Cast", [t("zp")], [t("zp_int32")], name=t("Cast_zp"), to=TensorProto.INT32),
+            helper.make_node("Cast", [t("zp")], [t("zp_uint8")], name=t("Cast_zp_uint8"), to=TensorProto.UINT8),
+            # QuantizeLinear's per-axis form (1-D scale and zero point along axis 0 of a 2-D input) is
+            # saturate(round_half_even(x / scale) + zero point) per row, in one kernel
+            helper.make_node("Flatten", [x], [t("rows")], name=t("Flatten"), axis=-1),
+            helper.make_node("Reshape", [xs, c("flat")], [t("row_scale")], name=t("Reshape_scale")),
+            helper.make_node("Reshape", [t("zp_uint8"), c("flat")], [t("row_zp")], name=t("Reshape_zp")),
+            helper.make_node("QuantizeLinear", [t("rows"), t("row_scale"), t("row_zp")], [t("rows_quantized")],
+                             name=t("QuantizeLinear"), axis=0),
+            helper.make_node("Shape", [x], [t("shape")], name=t("Shape")),
+            # allowzero: a layer that keeps 0 tokens has a 0 in its shape, which must not mean "copy that dim"
+            helper.make_node("Reshape", [t("rows_quantized"), t("shape")], [xq], name=t("Reshape_back"),
+                             allowzero=1),
+        ]
+        replace[id(dq)] = nodes
+        changed.update({xs, xzp, *(o for m in consumers.get(xs, []) for o in m.output)})
+        for mm in {id(u): u for u in users}.values():
+            wzp_name = mm.input[3] if len(mm.input) > 3 else ""
+            weight = numpy_helper.to_array(inits[mm.input[1]]).astype(np.int32)
+            if weight.ndim != 2 or wzp_name and wzp_name not in inits:
+                raise QualaError(f"{mm.name}: weight is not a 2-D initializer with a constant zero point")
+            wzp = numpy_helper.to_array(inits[wzp_name]).astype(np.int32) if wzp_name else np.int32(0)
+            colsum = f"{mm.input[1]}_column_sums"
+            if colsum not in inits:
+                inits[colsum] = numpy_helper.from_array((weight - wzp).sum(0).astype(np.int32), colsum)
+                graph.initializer.append(inits[colsum])
+            y = mm.output[0]
+            raw = f"{y}/zero_point_0"
+            mm.input[2] = ""  # optional input left out: zero point 0
+            mm.output[0] = raw
+            q = f"{mm.name}/per_row"
+            after[id(mm)] = [
+                helper.make_node("Mul", [t("zp_int32"), colsum], [f"{q}/zero_point_term"], name=f"{q}/Mul_zp"),
+                helper.make_node("Sub", [raw, f"{q}/zero_point_term"], [y], name=f"{q}/Sub_zp")]
+    nodes = []
+    for n in graph.node:
+        nodes.extend(replace.get(id(n), [n]))
+        nodes.extend(after.get(id(n), []))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    kept = [v for v in graph.value_info if v.name not in changed]
+    del graph.value_info[:]
+    graph.value_info.extend(kept)
+    entries = [e for e in model.metadata_props if e.key != ACTIVATIONS_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(entries)
+    model.metadata_props.add(key=ACTIVATIONS_KEY, value="per-row")
+    onnx.checker.check_model(model)
+    return model
 
 
 def compress_word_embeddings(model: onnx.ModelProto, dtype: str) -> onnx.ModelProto:

@@ -134,8 +134,10 @@ def micro_batches(feed: dict[str, np.ndarray], size: int):
 
 
 def dynamic_activation_scales(path: Path) -> bool:
-    """True for a dynamically quantized graph: its activations get one scale per tensor, computed from the whole
-    batch, so a row's logits depend on the other rows (and the padding) it is batched with."""
+    """True for a graph dynamically quantized per tensor: its activations get one scale per tensor, computed from
+    the whole batch, so a row's logits depend on the other rows (and the padding) it is batched with. A per-row
+    graph (`quala quantize --activations per-row`, metadata quala.activations=per-row) has no such node: each
+    token's scale comes from that token alone, so it is batch-invariant and this is False."""
     import onnx
     graph = onnx.load(str(path), load_external_data=False).graph
     return any(n.op_type in ("DynamicQuantizeLinear", "DynamicQuantizeMatMul") for n in graph.node)
