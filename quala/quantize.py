@@ -131,8 +131,11 @@ def quantize_model(model_dir: str | os.PathLike, mode: str = "dynamic", output: 
         def write(out: str) -> None:
             quantize_dynamic(source, out, op_types_to_quantize=["MatMul"], per_channel=True,
                              weight_type=QuantType.QInt8, nodes_to_exclude=exclude)
+            quantized = onnx.load(out)
             if activations == "per-row":
-                onnx.save(per_row_activations(onnx.load(out)), out)
+                quantized = per_row_activations(quantized)
+            keep_metadata(model, quantized)
+            onnx.save(quantized, out)
     else:
         reader = calibration_reader(model_dir, config, calibration_features, train_file)
 
@@ -142,6 +145,9 @@ def quantize_model(model_dir: str | os.PathLike, mode: str = "dynamic", output: 
                             nodes_to_exclude=exclude, calibration_providers=["CPUExecutionProvider"],
                             extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
             reader.bar.close()
+            quantized = onnx.load(out)
+            keep_metadata(model, quantized)
+            onnx.save(quantized, out)
     if embeddings not in EMBEDDINGS:
         raise QualaError(f"embeddings {embeddings!r}: choose one of {', '.join(EMBEDDINGS)}")
     if embeddings != "fp32":
@@ -281,6 +287,13 @@ def per_row_activations(model: onnx.ModelProto) -> onnx.ModelProto:
     model.metadata_props.add(key=ACTIVATIONS_KEY, value="per-row")
     onnx.checker.check_model(model)
     return model
+
+
+def keep_metadata(source: onnx.ModelProto, target: onnx.ModelProto) -> None:
+    """The float graph's metadata (e.g. quala.layer_skips) on the quantized one too; target's own entries win."""
+    props = {p.key: p.value for p in source.metadata_props}
+    props.update({p.key: p.value for p in target.metadata_props})
+    onnx.helper.set_model_props(target, props)
 
 
 def compress_word_embeddings(model: onnx.ModelProto, dtype: str) -> onnx.ModelProto:

@@ -83,6 +83,7 @@ class OnnxPredictor:
             raise QualaError(f"{self.path}: cannot load the ONNX model ({type(e).__name__}: {e})") from None
         self.check_signature()
         self.batch_invariant = not dynamic_activation_scales(self.path)
+        self.layer_skips = self.session.get_modelmeta().custom_metadata_map.get(LAYER_SKIPS_KEY) == "1"
 
     def check_signature(self) -> None:
         inputs = {i.name: i.shape for i in self.session.get_inputs()}
@@ -99,6 +100,10 @@ class OnnxPredictor:
         layers = self.config.num_hidden_layers
         if length_config is not None:
             length_config.check(layers, self.config.max_seq_length)
+            if length_config.skipped and not self.layer_skips:
+                raise QualaError(f"length config {length_config} skips layers, but {self.path.name} was exported "
+                                 f"without layer skips: export it again with `quala export --layer-skips` (and "
+                                 f"quantize that), or use --runtime torch")
         mask = batch["attention_mask"]
         feed = {"input_ids": batch["input_ids"], "attention_mask": mask, "token_type_ids": batch["token_type_ids"],
                 "token_counts": token_counts(mask, layers, length_config)}
@@ -108,6 +113,7 @@ class OnnxPredictor:
 
 
 PAD_LOGIT = -1e4
+LAYER_SKIPS_KEY = "quala.layer_skips"  # ONNX metadata: "1" when the graph runs length configs with a 0
 
 
 def run_micro_batches(session, feed: dict[str, np.ndarray], size: int, token_outputs: int) -> list[np.ndarray]:

@@ -65,7 +65,7 @@ def onnx_dir(tiny_model_dir, tmp_path_factory) -> Path:
     """The tiny model with model.onnx and a dynamically quantized model.int8.onnx beside its weights."""
     d = tmp_path_factory.mktemp("onnx_model")
     shutil.copytree(tiny_model_dir, d, dirs_exist_ok=True)
-    export_dir(d)
+    export_dir(d, layer_skips=True)  # tests run configurations that skip a layer too
     quantize_model(d, "dynamic")
     return d
 

@@ -127,12 +127,18 @@ SKIP_CONFIGS = [LengthConfig((1.0, 0.0, 0.5)), LengthConfig((0.0, 0.6, 0.3)), Le
                 LengthConfig((0, 30, 5), "tokens")]
 
 
+@pytest.fixture(scope="module")
+def skips_session(peaky_model, tmp_path_factory):
+    path = export_onnx(peaky_model, tmp_path_factory.mktemp("onnx") / "skips.onnx", layer_skips=True)
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
 @pytest.mark.parametrize("lc", SKIP_CONFIGS, ids=str)
-def test_one_graph_skips_a_layer_as_eager_pytorch_does(session, peaky_model, lc):
+def test_one_graph_skips_a_layer_as_eager_pytorch_does(skips_session, peaky_model, lc):
     ids, mask, types = batch(4, 60, seed=3)
     with torch.no_grad():
         ref = peaky_model(ids, mask, types, lc)
-    start, end, kept = run(session, ids, mask, types, lc)
+    start, end, kept = run(skips_session, ids, mask, types, lc)
     real = mask.bool().numpy()
     assert np.abs(start - ref.start_logits.numpy())[real].max() < 1e-4
     assert np.abs(end - ref.end_logits.numpy())[real].max() < 1e-4
@@ -141,7 +147,7 @@ def test_one_graph_skips_a_layer_as_eager_pytorch_does(session, peaky_model, lc)
 
 @pytest.mark.parametrize("ranking", ["question", "cls"])
 def test_question_aware_rankings_export_with_token_counts(peaky_model, tmp_path, ranking):
-    path = export_onnx(peaky_model, tmp_path / f"{ranking}.onnx", ranking=ranking)
+    path = export_onnx(peaky_model, tmp_path / f"{ranking}.onnx", ranking=ranking, layer_skips=True)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     ids, mask, types = batch(4, 50, seed=5)
     types[:, 12:] = 1
@@ -160,3 +166,34 @@ def test_position_ranking_is_not_exported(peaky_model, tmp_path):
     from quala.config import QualaError
     with pytest.raises(QualaError, match="the graph can rank by attention, question, cls"):
         export_onnx(peaky_model, tmp_path / "p.onnx", ranking="position")
+
+
+@pytest.mark.parametrize("lc", CONFIGS[1:3], ids=str)
+def test_the_skip_graph_matches_the_lean_one_without_skips(session, skips_session, lc):
+    ids, mask, types = batch(4, 60, seed=4)
+    lean, skips = run(session, ids, mask, types, lc), run(skips_session, ids, mask, types, lc)
+    real = mask.bool().numpy()
+    assert np.abs(lean[0] - skips[0])[real].max() < 1e-5 and np.array_equal(lean[2], skips[2])
+
+
+def test_runtime_refuses_a_skip_on_a_graph_exported_without_skips(tiny_model_dir, tmp_path):
+    """Metadata says whether a graph can skip a layer; it survives quantization; a lean graph refuses a 0."""
+    import shutil
+    from quala.config import QualaError
+    from quala.quantize import quantize_model
+    from quala.runtime import load_predictor
+    d = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, d)
+    assert main(["export", "--model", str(d), "--layer-skips"]) == 0
+    int8 = quantize_model(d)
+    predictor, _, _ = load_predictor(d, "onnx-int8")
+    assert predictor.path == int8 and predictor.layer_skips
+    assert load_predictor(d, "onnx")[0].layer_skips
+    export_onnx(QualaForQuestionAnswering.from_pretrained(d), d / "model.onnx")
+    lean = load_predictor(d, "onnx")[0]
+    ids, mask, types = batch(2, 30)
+    b = {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "token_type_ids": types.numpy()}
+    assert not lean.layer_skips and lean(b, LengthConfig((1.0, 0.5, 0.3)))[0].shape == (2, 30)
+    with pytest.raises(QualaError, match="exported without layer skips: export it again with `quala export "
+                                         "--layer-skips`"):
+        lean(b, LengthConfig((1.0, 0.0, 0.3)))
