@@ -602,16 +602,19 @@ class GuardedH11Protocol(H11Protocol):
     """uvicorn's HTTP/1.1 protocol plus what its settings lack (uvicorn times out only idle keep-alive connections,
     and limit_concurrency answers 503 to requests but keeps every silent connection open): a deadline for each
     request's headers and one for its body, and a cap on open connections at which the connection that has waited
-    longest for its request is closed to make room. Subclasses made by guarded_protocol() hold the settings."""
+    longest for its first request is closed to make room (a keep-alive connection that has been answered goes only
+    when no silent one is left: under a flood, the clients being served keep their connections). Subclasses made by
+    guarded_protocol() hold the settings."""
     limits: Limits = Limits()
     waiting: OrderedDict = OrderedDict()  # connections between requests or still receiving one, oldest first
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
-        self.stage, self.timer = None, None
+        self.stage, self.timer, self.served = None, None, False
         self.expect("headers")
         if len(self.connections) > self.limits.max_connections:
-            victim = next((c for c in self.waiting if c is not self), self)
+            victim = next((c for c in self.waiting if c is not self and not c.served), None)
+            victim = victim or next((c for c in self.waiting if c is not self), self)
             victim.settle()  # out of `waiting` now: the next connection of a burst picks another
             victim.transport.close()
 
@@ -621,6 +624,7 @@ class GuardedH11Protocol(H11Protocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
+        self.served = True
         self.track()
 
     def connection_lost(self, exc: Exception | None) -> None:
