@@ -21,6 +21,7 @@ import multiprocessing
 import os
 import random
 import resource
+import shlex
 import socket
 import statistics
 import subprocess
@@ -42,12 +43,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model: str, server_dir: Path, log: Path) -> tuple[subprocess.Popen, str]:
+def start_server(model: str, server_dir: Path, log: Path, extra: list[str] = ()) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(server_dir))
     out = open(log, "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "quala.cli", "serve", "--model", model, "--port", str(port)],
-                            cwd=server_dir, env=env, stdout=out, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([sys.executable, "-m", "quala.cli", "serve", "--model", model, "--port", str(port),
+                             *extra], cwd=server_dir, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
         try:
@@ -400,6 +401,7 @@ def main() -> None:
     p.add_argument("--long-windows", type=int, default=56, help="windows of the largest accepted context")
     p.add_argument("--settle-seconds", type=float, default=90.0, help="longest wait for leftover work after a row")
     p.add_argument("--questions", type=int, default=64, help="distinct dev questions the normal clients ask")
+    p.add_argument("--server-args", default="", help="more `quala serve` options, e.g. '--read-all'")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     attacks = [a for a in args.attacks.split(",") if a]
@@ -417,7 +419,7 @@ def main() -> None:
            "short": examples[0].context, "flood_connections": args.flood_connections,
            "settle_seconds": args.settle_seconds}
     log = Path(tempfile.mkdtemp(prefix="quala-abuse-")) / "server.log"
-    proc, url = start_server(model, args.server_dir.resolve(), log)
+    proc, url = start_server(model, args.server_dir.resolve(), log, shlex.split(args.server_args))
     rows = []
     try:
         with httpx.Client(base_url=url, timeout=60) as client:
@@ -442,7 +444,7 @@ def main() -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
     quiet = rows[0]["p99"]
-    print(f"server {args.server_dir.resolve()} ({model}), {url}; CPU: {cpu_description()}")
+    print(f"server {args.server_dir.resolve()} ({model}) {args.server_args}, {url}; CPU: {cpu_description()}")
     print(f"8 normal clients, {args.questions} dev questions (default budget), {args.seconds:.0f} s per row "
           f"({args.flood_seconds:.0f} s for the connection flood); single request {quick_ms:.1f} ms\n")
     print("| attack | normal requests | errors | wrong answers | p50 ms | p99 ms | p99 / quiet | /health max ms | "

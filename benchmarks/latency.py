@@ -110,6 +110,21 @@ def quala_int8(model_dir: Path, config: ModelConfig, out_dir: Path, threads: int
     return OnnxPredictor(quantize_model(out_dir), config, threads, micro_batch)
 
 
+def fresh_int8(model_dir: Path, config: ModelConfig, out_dir: Path, threads: int
+               ) -> tuple[OnnxPredictor, OnnxPredictor]:
+    """The float weights exported by this version of quala and quantized both ways: per-tensor activations (ONNX
+    Runtime's dynamic INT8) and per-row (quala quantize --activations per-row), embeddings fp16 as shipped."""
+    from quala.export import export_onnx
+    from quala.quantize import quantize_model
+    d = out_dir / "fresh"
+    d.mkdir()
+    export_onnx(QualaForQuestionAnswering.from_pretrained(model_dir), d / "model.onnx")
+    (d / "config.json").write_text((model_dir / "config.json").read_text())
+    tensor = quantize_model(d, output=d / "tensor.int8.onnx", embeddings="fp16")
+    row = quantize_model(d, output=d / "row.int8.onnx", embeddings="fp16", activations="per-row")
+    return OnnxPredictor(tensor, config, threads), OnnxPredictor(row, config, threads)
+
+
 def quala_static_int8(model_dir: Path, out_dir: Path, threads: int) -> OnnxPredictor:
     """The issue's first choice: static QDQ INT8, activation ranges calibrated on 128 SQuAD train features."""
     import shutil
@@ -204,9 +219,19 @@ def build_rows(args, model_dir: Path, config: ModelConfig, scratch: Path) -> lis
         rows.append(dict(name="quala INT8 ORT, static QDQ", predictor=quala_static_int8(model_dir, scratch,
                                                                                         args.threads),
                          lc=None, int8=True))
-    for name, lc in parse_configs(args.length_configs, model_dir):
+    configs = parse_configs(args.length_configs, model_dir)
+    for name, lc in configs:
         lc.check(config.num_hidden_layers, config.max_seq_length)
         rows.append(dict(name=f"quala INT8 ORT, {name}", predictor=int8, lc=lc, int8=True))
+    if args.per_row:
+        fresh, rows_graph = fresh_int8(model_dir, config, scratch, args.threads)
+        rows.append(dict(name="quala INT8 ORT, this version's export (layer skips in the graph)", predictor=fresh,
+                         lc=None, int8=True))
+        rows.append(dict(name="quala INT8 ORT, per-row activations (batch-invariant)", predictor=rows_graph,
+                         lc=None, int8=True))
+        for name, lc in configs:
+            rows.append(dict(name=f"quala INT8 ORT, per-row activations, {name}", predictor=rows_graph, lc=lc,
+                             int8=True))
     for row in rows:
         row.setdefault("config", config)
     return rows
@@ -268,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="intra-op threads of PyTorch and ONNX Runtime")
     p.add_argument("--no-static", dest="static", action="store_false",
                    help="skip the static QDQ INT8 row (it calibrates on SQuAD train features first)")
+    p.add_argument("--no-per-row", dest="per_row", action="store_false",
+                   help="skip the rows of this version's export: per-tensor and per-row (batch-invariant) INT8")
     p.add_argument("--json", type=Path, default=Path("latency.json"), help="results file (default latency.json)")
     args = p.parse_args(argv)
     try:

@@ -91,15 +91,21 @@ def run_predict(args: list[str], seconds: float | None = None, interval: float =
     while proc.poll() is None:
         elapsed = time.perf_counter() - t0
         if seconds is not None and elapsed > seconds:
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(signal.SIGINT)  # as a user's Ctrl-C
             break
         parts = len(list(watch.glob("part-*"))) if watch is not None and watch.exists() else 0
         samples.append((elapsed, tree_rss(proc.pid), parts))
         time.sleep(interval)
-    out, err = proc.communicate(timeout=120)
+    try:
+        out, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:  # not stopped by Ctrl-C in time: say so, and end it
+        proc.kill()
+        out, err = proc.communicate()
+        err += "\nbenchmark: not stopped 120 s after Ctrl-C; killed"
     if seconds is None and proc.returncode != 0:
         raise SystemExit(f"quala predict failed ({proc.returncode}):\n{err[-3000:]}")
-    return {"seconds": time.perf_counter() - t0, "samples": samples, "stdout": out, "returncode": proc.returncode}
+    return {"seconds": time.perf_counter() - t0, "samples": samples, "stdout": out, "stderr": err,
+            "returncode": proc.returncode, "stop_seconds": time.perf_counter() - t0 - (seconds or 0)}
 
 
 def throughput_rows(dev: Path, scratch: Path, a) -> list[dict]:
@@ -130,6 +136,8 @@ def memory_run(big: Path, scratch: Path, a) -> list[tuple[float, float, int]]:
     out = scratch / "million"
     res = run_predict(["--input", str(big), "--output", str(out)] + (["--budget", a.budget] if a.budget else []),
                       seconds=a.memory_seconds, interval=1.0, watch=out)
+    print(f"memory run: Ctrl-C after {a.memory_seconds:.0f} s, exited {res['stop_seconds']:.1f} s later with status "
+          f"{res['returncode']}" + (" (killed)" if "killed" in res["stderr"][-60:] else ""), flush=True)
     return [(t, b / 2**20, parts) for t, b, parts in res["samples"]]
 
 
@@ -191,8 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(dir=a.data) as scratch:
         rows = throughput_rows(dev, Path(scratch), a)
+        print(markdown(rows, [], a), flush=True)  # kept if the memory run goes wrong
         memory = memory_run(big, Path(scratch), a) if a.memory_seconds > 0 else []
-    print(markdown(rows, memory, a))
+    if memory:
+        print(markdown(rows, memory, a).split("\n\n", 2)[-1])
     load = (load_before, os.getloadavg()[0])
     print(f"\nbudget {a.budget or 'default'}; load average {load[0]:.1f} -> {load[1]:.1f} on {os.cpu_count()} CPUs")
     text = json.dumps({"cpu": cpu_line(), "rows": rows, "memory": memory, "load_average": load}, indent=1)
