@@ -9,7 +9,7 @@ from pathlib import Path
 
 from quala import __version__
 from quala.config import QualaError, default_model_dir, squad_path
-from quala.longdoc import PASSAGES
+from quala.longdoc import PASSAGES, WHOLE_TOKENS
 
 
 TRAIN_EXTRA = ("torch", "transformers", "safetensors", "matplotlib")  # top-level modules of `quala[train]`
@@ -429,8 +429,8 @@ def cmd_serve(args) -> None:
 
 def add_passage_args(p) -> None:
     p.add_argument("--passages", type=positive_int, default=PASSAGES,
-                   help=f"a context longer than this many passages of ~160 tokens is read only in the ones BM25 "
-                        f"ranks best for the question (default {PASSAGES})")
+                   help=f"a context of more than {WHOLE_TOKENS} tokens is read only in this many passages of ~160 "
+                        f"tokens, the ones BM25 ranks best for the question (default {PASSAGES})")
     p.add_argument("--read-all", action="store_true", help="read every window of a long context instead")
 
 

@@ -1,8 +1,8 @@
 """Long contexts: rank passages against the question with BM25, read only the best few.
 
 Read whole, a context of many windows costs one pass per window, and every window is a chance for a distractor
-span to outscore the right one. When a context is longer than `passages` passages, it is cut into passages of
-about `PASSAGE_TOKENS` tokens (starting at word boundaries, overlapping by `OVERLAP` tokens), the passages are
+span to outscore the right one. A context of more than WHOLE_TOKENS tokens (and `passages` passages) is cut into
+passages of about `PASSAGE_TOKENS` tokens (starting at word boundaries, overlapping by `OVERLAP` tokens), the passages are
 scored against the question with BM25 (the `bm25s` library), and only the top `passages` are read, each as its own
 window. Answers from different passages are ranked by span logit (start + end) plus `RETRIEVAL_WEIGHT` times their
 passage's BM25 score standardised over the context's passages: the reader alone is easily drawn to a confident
@@ -21,7 +21,8 @@ from quala.config import QualaError
 
 PASSAGE_TOKENS = 160  # tokens of context per passage (a SQuAD paragraph is about 150)
 OVERLAP = 32  # tokens shared by neighbouring passages, so an answer cut by one boundary is whole in the next
-PASSAGES = 5  # passages read of a longer context (quala.load()'s default)
+PASSAGES = 5  # passages read of a long context (quala.load()'s default)
+WHOLE_TOKENS = 2048  # a context up to this many tokens is read whole (every SQuAD paragraph is, as in evaluation)
 RETRIEVAL_WEIGHT = 2.0  # span logit + this x the passage's standardised BM25 score
 
 
@@ -30,6 +31,7 @@ class Passages:
     """A context cut into passages: their character spans, and a BM25 index over their texts once asked for."""
     context: str
     spans: list[tuple[int, int]]
+    tokens: int  # model tokens in the context
 
     @functools.cached_property
     def index(self):
@@ -78,11 +80,12 @@ def best_passages(question: str, context: str, tokenizer, passages: int, tokens:
                   overlap: int = OVERLAP) -> list[tuple[int, int, float]]:
     """(start, end, prior) of the `passages` passages of the context that BM25 ranks best for the question, in the
     order they stand in the context; prior is what their answers' span logits get added (RETRIEVAL_WEIGHT x the
-    standardised BM25 score). [(0, len(context), 0.0)] when the context is no longer than that many passages."""
+    standardised BM25 score). [(0, len(context), 0.0)] when the context has at most WHOLE_TOKENS tokens, or no more
+    than `passages` passages."""
     if isinstance(passages, bool) or not isinstance(passages, int) or passages < 1:
         raise QualaError(f"passages must be a whole number >= 1, got {passages!r}")
     index = passages_of(context, tokenizer, tokens, overlap)
-    if len(index.spans) <= passages:
+    if index.tokens <= WHOLE_TOKENS or len(index.spans) <= passages:
         return [(0, len(context), 0.0)]
     scores = np.asarray(index.scores(question), dtype=np.float64)
     prior = RETRIEVAL_WEIGHT * (scores - scores.mean()) / (scores.std() + 1e-6)
@@ -93,4 +96,5 @@ def best_passages(question: str, context: str, tokenizer, passages: int, tokens:
 @functools.lru_cache(maxsize=32)
 def passages_of(context: str, tokenizer, tokens: int, overlap: int) -> Passages:
     """The passages of a context and their index, kept for the next questions about the same document."""
-    return Passages(context, split_passages(context, tokenizer, tokens, overlap))
+    spans = split_passages(context, tokenizer, tokens, overlap)
+    return Passages(context, spans, len(tokenizer.base.encode(context, add_special_tokens=False).ids))

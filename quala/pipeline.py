@@ -77,9 +77,9 @@ class QuestionAnswerer:
                      ) -> list[list[Answer]]:
         """(question, context) pairs -> the top_k answers of each, best first, offsets into the given context.
 
-        A context longer than `passages` passages of about quala.longdoc.PASSAGE_TOKENS tokens is read only in the
-        `passages` that BM25 ranks best for the question, answers ranked across them by span logit plus a retrieval
-        prior (quala.longdoc); shorter contexts, or any with passages None, are read whole, every window."""
+        A context of more than quala.longdoc.WHOLE_TOKENS tokens is read only in the `passages` passages BM25
+        ranks best for the question, answers ranked across them by span logit plus a retrieval prior
+        (quala.longdoc); shorter contexts, or any with passages None, are read whole, every window."""
         reads = [context_reads(q, c, self.tokenizer, passages) for q, c in pairs]
         examples = [e for (q, c), r in zip(pairs, reads) for e in read_examples(q, c, r)]
         features = self.features(examples)
@@ -99,8 +99,8 @@ class QuestionAnswerer:
     def __call__(self, question: str | list[str], context: str | list[str], budget: str | None = None,
                  top_k: int = 1, length_config: str | LengthConfig | None = None, batch_size: int = 32,
                  passages: int | None = PASSAGES):
-        """passages: a context longer than this many passages (~160 tokens each) is read only in its `passages`
-        best passages for the question (BM25, quala.longdoc); None reads every window of every context."""
+        """passages: a context of more than quala.longdoc.WHOLE_TOKENS tokens is read only in its `passages` best
+        passages for the question (BM25, quala.longdoc); None reads every window of every context."""
         for name, value in (("top_k", top_k), ("batch_size", batch_size), ("passages", passages)):
             if value is None and name == "passages":
                 continue

@@ -100,3 +100,13 @@ def test_long_context_answers_point_into_the_whole_context(qa, data_dir):
     for a in read + [whole]:
         assert context[a["start"]:a["end"]] == a["answer"]
     assert read[0]["answer"] in answers or whole["answer"] in answers
+
+
+def test_contexts_up_to_whole_tokens_are_read_whole(qa, data_dir):
+    """Every SQuAD paragraph (at most 789 tokens in dev) is read whole, as evaluation reads it, whatever `passages`."""
+    from quala.longdoc import WHOLE_TOKENS
+    examples = load_squad(data_dir / "dev.json")
+    context = "\n\n".join(dict.fromkeys(e.context for e in examples))
+    n = len(qa.tokenizer.base.encode(context, add_special_tokens=False).ids)
+    assert 160 * 2 < n <= WHOLE_TOKENS
+    assert best_passages(examples[0].question, context, qa.tokenizer, 2) == [(0, len(context), 0.0)]
