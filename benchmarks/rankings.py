@@ -13,6 +13,7 @@ Configurations, priced in GMACs per held-out feature at its real length (quala.f
 - uniform:   every layer keeps the ratio r of the input length, r = 0.9 .. 0.3;
 - geometric: layer l keeps g^(l+1) of the input length, g = 0.95 .. 0.7;
 - custom:    --configs;
+- learned (--rankings ...,learned): a linear scorer per layer fitted on training questions (quala.scorer);
 - depth (--depth): a ratio of 0 skips a layer (no compute; needs LengthConfig to allow 0): every single layer
              skipped at full length, every pair of layers skipped at full length, and the two best single skips
              added to each front configuration. A configuration whose running layers all keep every token does not
@@ -99,13 +100,34 @@ def score(cache: ScoreCache, ranking: str, c: Config, predictors: dict, tokenize
     return cache[k]
 
 
+def attach_scorer(model, tokenizer, data: dict, args) -> None:
+    """The "learned" ranking's scorers: fitted on --fit-scorer questions of the *training* articles (never the
+    held-out ones scored here), kept in WORK/scorer.safetensors."""
+    from quala import scorer
+    from quala.data import load_squad, split_articles
+    from quala.modeling import SCORER_FILE, attach_scorers, load_scorers, save_scorers
+    path = args.work / SCORER_FILE
+    if not path.is_file():
+        train, _ = split_articles(load_squad(data["train_file"], limit=data["train_limit"]),
+                                  data["heldout_fraction"])
+        features = make_features(train[:: max(1, len(train) // args.fit_scorer)][: args.fit_scorer], tokenizer,
+                                 model.config.max_seq_length, model.config.doc_stride, model.config.max_query_length)
+        t0 = time.perf_counter()
+        save_scorers(scorer.fit(model, features), path)
+        print(f"scorer fitted on {len(features)} training features in {time.perf_counter() - t0:.0f} s: {path}",
+              file=sys.stderr)
+    attach_scorers(model, load_scorers(path, model.config.hidden_size))
+
+
 def run(args) -> dict:
     model_dir = Path(args.model or default_model_dir())
     model = QualaForQuestionAnswering.from_pretrained(model_dir)
     tokenizer = load_tokenizer(model_dir)
     config = model.config
-    predictors = {r: TorchPredictor(model, ranking=r) for r in args.rankings}
     heldout, data = search_split(config, SearchSettings())
+    if "learned" in args.rankings:
+        attach_scorer(model, tokenizer, data, args)
+    predictors = {r: TorchPredictor(model, ranking=r) for r in args.rankings}
     examples = heldout[args.offset: args.offset + args.limit]
     if len(examples) < args.limit:
         raise QualaError(f"--offset {args.offset} --limit {args.limit}: the held-out split has {len(heldout)} "
@@ -235,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-speedup", type=float, default=3.6, help="front points up to this speed-up")
     p.add_argument("--configs", default="", help="more length configurations, separated by ';'")
     p.add_argument("--depth", action="store_true", help="also configurations with a skipped layer")
+    p.add_argument("--fit-scorer", type=int, default=2000,
+                   help="training questions the 'learned' ranking's scorers are fitted on (default 2000)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-minutes", type=float, default=1e9, help="stop scoring after this long (rerun to go on)")
     p.add_argument("--work", type=Path, default=Path("runs/rankings"), help="cache and outputs (default runs/rankings)")

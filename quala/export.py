@@ -21,7 +21,7 @@ from quala.runtime import INPUTS, LAYER_SKIPS_KEY
 
 OUTPUTS = ("start_logits", "end_logits", "kept")
 OPSET = 17
-EXPORTABLE_RANKINGS = ("attention", "question", "cls")  # "position" is a baseline for eager PyTorch only
+EXPORTABLE_RANKINGS = ("attention", "question", "cls", "learned")  # "position": a baseline, eager PyTorch only
 
 
 class _Graph(nn.Module):

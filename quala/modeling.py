@@ -35,32 +35,49 @@ from quala.onnx_ops import (exporting, gather_rows, reshape, scatter_rows, slots
 from quala.tokenizer import load_tokenizer
 
 
-def rank_by_attention(probs: torch.Tensor, valid: torch.Tensor, queries: torch.Tensor | None) -> torch.Tensor:
+class Signals(NamedTuple):
+    """What a layer knows when it ranks its token slots (B = batch, K = slots, H = hidden)."""
+    probs: torch.Tensor  # (B, heads, K, K) attention probabilities
+    valid: torch.Tensor  # (B, K) real tokens
+    queries: torch.Tensor | None  # (B, K) the question's tokens and [CLS]; only for the "question" ranking
+    x: torch.Tensor  # (B, K, H) the layer's input states
+    context: torch.Tensor  # (B, K, H) what each slot attended to (before the output projection)
+
+
+def rank_by_attention(s: Signals, layer: nn.Module) -> torch.Tensor:
     """Attention received from every real token (the Length-Adaptive Transformer's ranking)."""
-    return attention_received(probs, valid)
+    return attention_received(s.probs, s.valid)
 
 
-def rank_by_question(probs: torch.Tensor, valid: torch.Tensor, queries: torch.Tensor | None) -> torch.Tensor:
+def rank_by_question(s: Signals, layer: nn.Module) -> torch.Tensor:
     """Attention received from the question's tokens and [CLS] only: in span QA the question decides which context
     tokens matter."""
-    return attention_received(probs, queries)
+    return attention_received(s.probs, s.queries)
 
 
-def rank_by_cls(probs: torch.Tensor, valid: torch.Tensor, queries: torch.Tensor | None) -> torch.Tensor:
+def rank_by_cls(s: Signals, layer: nn.Module) -> torch.Tensor:
     """Attention received from [CLS] (slot 0) only, summed over heads."""
-    return probs[:, :, :1].sum(dim=(1, 2))  # a slice, not an index: a skipped layer in the graph has no slot 0
+    return s.probs[:, :, :1].sum(dim=(1, 2))  # a slice, not an index: a skipped layer in the graph has no slot 0
 
 
-def rank_by_position(probs: torch.Tensor, valid: torch.Tensor, queries: torch.Tensor | None) -> torch.Tensor:
+def rank_by_scorer(s: Signals, layer: nn.Module) -> torch.Tensor:
+    """A learned linear scorer per layer on [input state, attended context] (2H + 1 parameters), fitted to predict
+    where the full-length model puts its answer (quala.scorer)."""
+    if layer.scorer is None:
+        raise QualaError("ranking 'learned' needs scorer weights: DIR/scorer.safetensors (fitted by quala.scorer.fit)")
+    return layer.scorer(torch.cat([s.x, s.context], -1)).squeeze(-1)
+
+
+def rank_by_position(s: Signals, layer: nn.Module) -> torch.Tensor:
     """The lower slot ranks higher (the lowest positions while every layer ranks by position: slots then stay in
     position order). A baseline, eager PyTorch only."""
-    k = probs.shape[-1]
-    return (k - torch.arange(k, device=probs.device, dtype=torch.float32)).expand(probs.shape[0], k)
+    k = s.probs.shape[-1]
+    return (k - torch.arange(k, device=s.probs.device, dtype=torch.float32)).expand(s.probs.shape[0], k)
 
 
 # significance of each token slot (B, K), higher is kept first; padded slots are ranked last by Layer.forward
 RANKINGS = {"attention": rank_by_attention, "question": rank_by_question, "cls": rank_by_cls,
-            "position": rank_by_position}
+            "learned": rank_by_scorer, "position": rank_by_position}
 
 
 class QAOutput(NamedTuple):
@@ -97,6 +114,18 @@ class Layer(nn.Module):
         self.ffn_norm = nn.LayerNorm(h, eps=c.layer_norm_eps)
         self.attn_dropout = nn.Dropout(c.attention_probs_dropout_prob)
         self.dropout = nn.Dropout(c.hidden_dropout_prob)
+        self.scorer: nn.Linear | None = None  # the "learned" ranking's, when fitted (quala.scorer)
+
+    def attend(self, x: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Self-attention over the real slots: the probabilities (B, heads, K, K) and each slot's context (B, K, H)
+        before the output projection."""
+        h = self.attn_out.in_features  # a Python int: reshape targets must be constants in the graph
+        d = h // self.heads
+        q, kk, v = (reshape(lin(x), (0, -1, self.heads, d)).transpose(1, 2)
+                    for lin in (self.query, self.key, self.value))
+        scores = q @ kk.transpose(-1, -2) / math.sqrt(d)
+        probs = mask_scores(scores, valid).softmax(-1)
+        return probs, reshape((self.attn_dropout(probs) @ v).transpose(1, 2), (0, -1, h))
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor, keep: torch.Tensor | None, ranking: str = "attention",
                 queries: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -105,17 +134,11 @@ class Layer(nn.Module):
         ranking: a key of RANKINGS; "question" needs queries (B, K), the real slots holding a question token or
         [CLS]. Returns the new states, their validity and, when tokens were dropped, the slots kept (B, k).
         """
-        h = self.attn_out.in_features  # a Python int: reshape targets must be constants in the graph
-        d = h // self.heads
-        q, kk, v = (reshape(lin(x), (0, -1, self.heads, d)).transpose(1, 2)
-                    for lin in (self.query, self.key, self.value))
-        scores = q @ kk.transpose(-1, -2) / math.sqrt(d)
-        scores = mask_scores(scores, valid)
-        probs = scores.softmax(-1)
-        context = reshape((self.attn_dropout(probs) @ v).transpose(1, 2), (0, -1, h))
+        probs, context = self.attend(x, valid)
         slots = None
         if keep is not None:
-            significance = RANKINGS[ranking](probs, valid, queries).float().masked_fill(~valid, -1.0)
+            signals = Signals(probs, valid, queries, x, context)
+            significance = RANKINGS[ranking](signals, self).float().masked_fill(~valid, -torch.inf)
             significance = F.pad(significance[:, 1:], (1, 0), value=float("inf"))  # slot 0 is always [CLS]
             # k as a tensor: the ONNX exporter traces it as a runtime value (TopK's k), not a constant
             slots = top_slots(significance, keep.max())
@@ -269,6 +292,8 @@ class QualaForQuestionAnswering(nn.Module):
         state = {ours[k]: v for k, v in hf_state.items() if k in ours}
         state.update({ours["bert." + k]: v for k, v in hf_state.items() if "bert." + k in ours})
         missing, unexpected = model.load_state_dict(state, strict=False)
+        if (path / SCORER_FILE).is_file():
+            attach_scorers(model, load_scorers(path / SCORER_FILE, config.hidden_size))
         if "qa_outputs.weight" in missing:  # a backbone without a span head: give it a reproducible one
             with torch.random.fork_rng():
                 torch.manual_seed(0)
@@ -282,10 +307,48 @@ class QualaForQuestionAnswering(nn.Module):
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         names = hf_names(self)
-        state = {names[k]: v.detach().contiguous() for k, v in self.state_dict().items()}
+        state = {names[k]: v.detach().contiguous() for k, v in self.state_dict().items() if ".scorer." not in k}
         atomic_write(path / "model.safetensors", lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+        scorers = [layer.scorer for layer in self.layers if layer.scorer is not None]
+        if scorers:
+            save_scorers(scorers, path / SCORER_FILE)
         text = json.dumps(self.config.to_dict(), indent=2) + "\n"
         atomic_write(path / "config.json", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+SCORER_FILE = "scorer.safetensors"  # the "learned" ranking's scorers, beside model.safetensors
+
+
+def attach_scorers(model: QualaForQuestionAnswering, scorers: list[nn.Linear]) -> QualaForQuestionAnswering:
+    if len(scorers) != len(model.layers):
+        raise QualaError(f"{len(scorers)} scorers for a model of {len(model.layers)} layers")
+    for layer, scorer in zip(model.layers, scorers):
+        layer.scorer = scorer
+    return model
+
+
+def save_scorers(scorers: list[nn.Linear], path: str | os.PathLike) -> Path:
+    tensors = {f"layers.{i}.scorer.{k}": v.detach().contiguous() for i, s in enumerate(scorers)
+               for k, v in s.state_dict().items()}
+    path = Path(path)
+    atomic_write(path, lambda tmp: save_file(tensors, tmp))
+    return path
+
+
+def load_scorers(path: str | os.PathLike, hidden_size: int) -> list[nn.Linear]:
+    try:
+        tensors = load_file(str(path))
+    except Exception as e:
+        raise QualaError(f"{path}: cannot read scorer weights ({e})") from None
+    scorers = []
+    for i in range(len(tensors) // 2):
+        lin = nn.Linear(2 * hidden_size, 1)
+        try:
+            lin.load_state_dict({k: tensors[f"layers.{i}.scorer.{k}"] for k in ("weight", "bias")})
+        except (KeyError, RuntimeError) as e:
+            raise QualaError(f"{path}: layer {i}'s scorer is missing or of the wrong shape ({e})") from None
+        scorers.append(lin)
+    return scorers
 
 
 def hf_names(model: nn.Module) -> dict[str, str]:
@@ -306,6 +369,8 @@ def hf_names(model: nn.Module) -> dict[str, str]:
                          f"layers.{i}.ffn_norm.": hf + "output.LayerNorm."})
     names = {}
     for name in model.state_dict():
+        if ".scorer." in name:  # the learned ranking's, saved on its own (SCORER_FILE)
+            continue
         prefix = next(p for p in prefixes if name.startswith(p))
         names[name] = prefixes[prefix] + name[len(prefix):]
     return names

@@ -1,0 +1,79 @@
+"""A learned token ranking: one linear scorer per layer, fitted to where the full-length model puts its answer.
+
+Block-skimming QA methods learn which parts of a context the answer needs; this is the smallest version of that
+idea. Each layer's scorer reads what the layer already has when it ranks its tokens, the input state and the
+context it attended to ([x, context], 2H values, so 769 parameters at H = 384), and predicts how much of the
+full-length model's answer probability lies near the token: log(1e-4 + max over the tokens within `RADIUS` of the
+start plus end probability), with the question, [CLS] and [SEP] given the top target so they are kept first. The
+weights are a ridge regression on SQuAD *training* features at full length (closed form, no gradient steps), so
+fitting takes one forward pass over the features; the backbone is unchanged. Used as ranking "learned"; quala.modeling saves them as DIR/scorer.safetensors.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from quala.data import Feature, collate, length_grouped_batches
+from quala.modeling import QualaForQuestionAnswering
+
+RADIUS = 8  # tokens either side of a likely answer token that count as its neighbourhood
+RIDGE = 1e-2  # L2 weight, relative to the mean diagonal of the features' second moment
+
+
+def targets(start_logits: np.ndarray, end_logits: np.ndarray, context: np.ndarray, radius: int = RADIUS
+            ) -> np.ndarray:
+    """Per token of one feature: log(1e-4 + the answer mass within `radius`), the top value off the context."""
+    p = np.exp(start_logits - start_logits.max())
+    q = np.exp(end_logits - end_logits.max())
+    mass = p / p.sum() + q / q.sum()
+    near = np.array([mass[max(0, i - radius): i + radius + 1].max() for i in range(len(mass))])
+    t = np.log(1e-4 + near)
+    return np.where(context, t, np.log(1e-4 + 2.0))
+
+
+def fit(model: QualaForQuestionAnswering, features: list[Feature], batch_size: int = 32) -> list[nn.Linear]:
+    """Ridge-regression scorers for every layer from full-length runs over `features` (training data only)."""
+    model.eval()
+    layers = len(model.layers)
+    h = model.config.hidden_size
+    xtx = [np.zeros((2 * h + 1, 2 * h + 1)) for _ in range(layers)]
+    xty = [np.zeros(2 * h + 1) for _ in range(layers)]
+
+    for idx in length_grouped_batches([len(f) for f in features], batch_size):
+        batch = collate([features[i] for i in idx])
+        ids, mask, types = (torch.as_tensor(batch[k]) for k in ("input_ids", "attention_mask", "token_type_ids"))
+        with torch.no_grad():
+            out = model(ids, mask, types)
+            states = layer_inputs(model, ids, mask, types)
+        for row, i in enumerate(idx):
+            f = features[i]
+            n = len(f)
+            context = f.offsets[:, 0] >= 0
+            y = targets(out.start_logits[row, :n].numpy(), out.end_logits[row, :n].numpy(), context)
+            for layer, (x, ctx) in enumerate(states):
+                a = np.concatenate([x[row, :n].numpy(), ctx[row, :n].numpy(), np.ones((n, 1))], 1)
+                xtx[layer] += a.T @ a
+                xty[layer] += a.T @ y
+    scorers = []
+    for layer in range(layers):
+        ridge = RIDGE * np.trace(xtx[layer]) / len(xtx[layer]) * np.eye(len(xtx[layer]))
+        ridge[-1, -1] = 0.0  # no penalty on the bias
+        w = np.linalg.solve(xtx[layer] + ridge, xty[layer])
+        lin = nn.Linear(2 * h, 1)
+        with torch.no_grad():
+            lin.weight.copy_(torch.as_tensor(w[:-1], dtype=torch.float32)[None, :])
+            lin.bias.fill_(float(w[-1]))
+        scorers.append(lin)
+    return scorers
+
+
+def layer_inputs(model: QualaForQuestionAnswering, ids, mask, types) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(input states, attended context) of every layer at full length: what each layer ranks its tokens by."""
+    valid = mask.bool()
+    x = model.embed(ids, types)
+    out = []
+    for layer in model.layers:
+        out.append((x, layer.attend(x, valid)[1]))
+        x, _, _ = layer(x, valid, None)
+    return out

@@ -1,0 +1,102 @@
+"""The learned token ranking: scorers fitted in closed form, kept tokens, saving, and the exported graph."""
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from quala import scorer
+from quala.config import LengthConfig, QualaError
+from quala.export import export_onnx, token_counts
+from quala.modeling import SCORER_FILE, QualaForQuestionAnswering, attach_scorers, load
+from tests.conftest import tiny_config
+from tests.test_modeling import batch, popularity_layer
+
+
+def random_scorers(model, seed: int = 0) -> list:
+    torch.manual_seed(seed)
+    return [torch.nn.Linear(2 * model.config.hidden_size, 1) for _ in model.layers]
+
+
+def test_targets_peak_near_the_answer_and_keep_the_question():
+    start, end = np.full(40, -10.0), np.full(40, -10.0)
+    start[20], end[22] = 5.0, 5.0
+    context = np.arange(40) >= 10
+    t = scorer.targets(start, end, context, radius=3)
+    assert t[:10].min() > t[10:].max() - 1e-9  # question and specials first
+    assert t[17:26].min() > t[30:].max() + 3 and t[27] < t[25]  # the answer's neighbourhood next
+
+
+def test_fitted_scorers_rank_like_their_targets(tiny_model_dir, dev_examples, tokenizer):
+    from quala.data import collate, make_features
+    model, _ = load(tiny_model_dir)
+    features = make_features(dev_examples, tokenizer, 128, 48)
+    scorers = scorer.fit(model, features)
+    assert len(scorers) == 3 and all(torch.isfinite(s.weight).all() for s in scorers)
+    b = collate(features[:8])
+    ids, mask, types = (torch.as_tensor(b[k]) for k in ("input_ids", "attention_mask", "token_type_ids"))
+    with torch.no_grad():
+        out = model(ids, mask, types)
+        x, ctx = scorer.layer_inputs(model, ids, mask, types)[-1]
+        predicted = scorers[-1](torch.cat([x, ctx], -1)).squeeze(-1)
+    corr = []
+    for row, f in enumerate(features[:8]):
+        n = len(f)
+        y = scorer.targets(out.start_logits[row, :n].numpy(), out.end_logits[row, :n].numpy(), f.offsets[:, 0] >= 0)
+        corr.append(np.corrcoef(predicted[row, :n].numpy(), y)[0, 1])
+    assert np.mean(corr) > 0.5, corr
+
+
+def test_learned_ranking_keeps_exactly_the_tokens_its_scorer_ranks_highest():
+    layer = popularity_layer()
+    scorer_ = torch.nn.Linear(2 * 384, 1)
+    with torch.no_grad():
+        scorer_.weight.zero_()
+        scorer_.weight[0, 2] = 1.0  # score = x[:, :, 2]: unrelated to attention (x[:, :, 0])
+        scorer_.bias.zero_()
+    layer.scorer = scorer_
+    n, k = 20, 5
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1, n, 384, generator=g) * 0.1
+    x[0, :, 0] = torch.linspace(0, 1, n)  # attention prefers the last tokens
+    x[0, :, 2] = torch.randperm(n, generator=g).float()
+    valid = torch.ones(1, n, dtype=torch.bool)
+    with torch.no_grad():
+        slots = layer(x, valid, torch.tensor([k]), "learned")[2][0].tolist()
+        by_attention = layer(x, valid, torch.tensor([k]))[2][0].tolist()
+    assert slots == [0] + sorted(range(1, n), key=lambda j: -x[0, j, 2].item())[: k - 1]
+    assert slots != by_attention
+
+
+def test_scorers_are_saved_beside_the_weights_and_required(tiny_model_dir, tmp_path):
+    model, _ = load(tiny_model_dir)
+    ids, mask, types = batch(2, 30)
+    with pytest.raises(QualaError, match="needs scorer weights"):
+        model(ids, mask, types, LengthConfig((0.8, 0.5, 0.3)), ranking="learned")
+    attach_scorers(model, random_scorers(model))
+    model.save_pretrained(tmp_path / "m")
+    assert (tmp_path / "m" / SCORER_FILE).is_file()
+    again = QualaForQuestionAnswering.from_pretrained(tmp_path / "m")
+    with torch.no_grad():
+        a = model(ids, mask, types, LengthConfig((0.8, 0.5, 0.3)), ranking="learned")
+        b = again(ids, mask, types, LengthConfig((0.8, 0.5, 0.3)), ranking="learned")
+    assert torch.equal(a.start_logits, b.start_logits)
+    with pytest.raises(QualaError, match="2 scorers for a model of 3 layers"):
+        attach_scorers(model, random_scorers(model)[:2])
+
+
+def test_learned_ranking_exports_as_one_graph_with_token_counts(tmp_path):
+    torch.manual_seed(0)
+    model = QualaForQuestionAnswering(tiny_config()).eval()
+    attach_scorers(model, random_scorers(model, seed=1))
+    session = ort.InferenceSession(str(export_onnx(model, tmp_path / "m.onnx", ranking="learned")),
+                                   providers=["CPUExecutionProvider"])
+    ids, mask, types = batch(4, 50, seed=2)
+    for lc in (None, LengthConfig((0.8, 0.5, 0.25)), LengthConfig((30, 20, 5), "tokens")):
+        with torch.no_grad():
+            ref = model(ids, mask, types, lc, ranking="learned")
+        feed = {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "token_type_ids": types.numpy(),
+                "token_counts": token_counts(mask, 3, lc).numpy()}
+        start, _, kept = session.run(None, feed)
+        real = mask.bool().numpy()
+        assert np.abs(start - ref.start_logits.numpy())[real].max() < 1e-4
+        assert np.array_equal(kept, ref.kept.numpy())
