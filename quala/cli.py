@@ -174,7 +174,7 @@ def cmd_train(args) -> None:
 
 def cmd_export(args) -> None:
     from quala.export import export_dir
-    path = export_dir(args.model, args.output, args.layer_skips)
+    path = export_dir(args.model, args.output, args.layer_skips, args.ranking)
     print(f"ONNX model (token_counts as an input: one graph for every length config) written to {path}")
 
 
@@ -191,6 +191,9 @@ def add_onnx_parsers(sub) -> None:
                                    "(token_counts), so one graph serves every configuration.")
     p.add_argument("--model", type=Path, required=True, help="model directory with model.safetensors")
     p.add_argument("--output", type=Path, default=None, help="ONNX file to write (default: DIR/model.onnx)")
+    p.add_argument("--ranking", choices=["attention", "question", "cls", "learned"], default="attention",
+                   help="how each layer ranks the tokens it keeps: attention received (default), attention from the "
+                        "question and [CLS], from [CLS], or the learned scorers of DIR/scorer.safetensors")
     p.add_argument("--layer-skips", action="store_true",
                    help="let the graph skip a layer (a 0 in a length config); costs 7-14%% more time at full length")
     p.set_defaults(func=cmd_export)

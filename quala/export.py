@@ -98,12 +98,12 @@ def export_onnx(model: QualaForQuestionAnswering, output: str | os.PathLike, ran
     return output
 
 
-def export_dir(model_dir: str | os.PathLike, output: str | os.PathLike | None = None, layer_skips: bool = False
-               ) -> Path:
+def export_dir(model_dir: str | os.PathLike, output: str | os.PathLike | None = None, layer_skips: bool = False,
+               ranking: str = "attention") -> Path:
     """Export a model directory's PyTorch weights to DIR/model.onnx (or `output`)."""
     model_dir = Path(model_dir)
     model = QualaForQuestionAnswering.from_pretrained(model_dir)
     target = Path(output) if output else model_dir / "model.onnx"
     if target.suffix != ".onnx":
         raise QualaError(f"--output {target}: give a file name ending in .onnx")
-    return export_onnx(model, target, layer_skips=layer_skips)
+    return export_onnx(model, target, ranking, layer_skips)
