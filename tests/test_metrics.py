@@ -37,3 +37,11 @@ def test_tie_between_golds_and_empty_prediction():
     assert squad_scores(gold, {"q": ""})["exact_match"] == 100.0  # "a" normalises to "" like the empty answer
     assert squad_scores(gold, {"q": ""})["f1"] == 0.0  # the official F1 gives 0 when nothing overlaps
     assert squad_scores(gold, {"q": "c b"})["f1"] == 100.0
+
+
+def test_a_missing_prediction_does_not_stop_the_count_and_an_empty_set_scores_zero():
+    from quala.metrics import squad_scores
+    gold = {"a": ["Paris"], "b": ["Rome"], "c": ["Oslo"]}
+    scores = squad_scores(gold, {"b": "Rome", "c": "Oslo"})  # the first question has no prediction
+    assert scores["exact_match"] == pytest.approx(200 / 3) and scores["f1"] == pytest.approx(200 / 3)
+    assert squad_scores({}, {}) == {"exact_match": 0.0, "f1": 0.0}
