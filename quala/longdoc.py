@@ -31,7 +31,6 @@ class Passages:
     """A context cut into passages: their character spans, and a BM25 index over their texts once asked for."""
     context: str
     spans: list[tuple[int, int]]
-    tokens: int  # model tokens in the context
 
     @functools.cached_property
     def index(self):
@@ -84,8 +83,10 @@ def best_passages(question: str, context: str, tokenizer, passages: int, tokens:
     than `passages` passages."""
     if isinstance(passages, bool) or not isinstance(passages, int) or passages < 1:
         raise QualaError(f"passages must be a whole number >= 1, got {passages!r}")
+    if len(tokenizer.base.encode(context, add_special_tokens=False).ids) <= WHOLE_TOKENS:
+        return [(0, len(context), 0.0)]  # no passages made, nothing cached
     index = passages_of(context, tokenizer, tokens, overlap)
-    if index.tokens <= WHOLE_TOKENS or len(index.spans) <= passages:
+    if len(index.spans) <= passages:
         return [(0, len(context), 0.0)]
     scores = np.asarray(index.scores(question), dtype=np.float64)
     prior = RETRIEVAL_WEIGHT * (scores - scores.mean()) / (scores.std() + 1e-6)
@@ -96,5 +97,4 @@ def best_passages(question: str, context: str, tokenizer, passages: int, tokens:
 @functools.lru_cache(maxsize=32)
 def passages_of(context: str, tokenizer, tokens: int, overlap: int) -> Passages:
     """The passages of a context and their index, kept for the next questions about the same document."""
-    spans = split_passages(context, tokenizer, tokens, overlap)
-    return Passages(context, spans, len(tokenizer.base.encode(context, add_special_tokens=False).ids))
+    return Passages(context, split_passages(context, tokenizer, tokens, overlap))
