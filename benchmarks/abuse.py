@@ -33,6 +33,8 @@ from pathlib import Path
 
 import httpx
 
+from load import wait_until_up  # benchmarks/load.py, beside this script
+
 ROOT = Path(__file__).resolve().parents[1]
 ATTACKS = ("budget", "chunked", "huge-context", "long-context", "abandoned", "connections", "aborts")
 
@@ -50,15 +52,8 @@ def start_server(model: str, server_dir: Path, log: Path, extra: list[str] = ())
     proc = subprocess.Popen([sys.executable, "-m", "quala.cli", "serve", "--model", model, "--port", str(port),
                              *extra], cwd=server_dir, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.1)
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited: {log.read_text()[-2000:]}")
-    raise SystemExit("server did not start in 60 s")
+    wait_until_up(proc, url, log.read_text)
+    return proc, url
 
 
 def rss_mb(pid: int) -> float:

@@ -35,14 +35,20 @@ def start_server(model: str, runtime: str) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen([sys.executable, "-m", "quala.cli", "serve", "--model", model, "--runtime", runtime,
                              "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
+    wait_until_up(proc, url, lambda: proc.stderr.read().decode())
+    return proc, url
+
+
+def wait_until_up(proc: subprocess.Popen, url: str, output) -> None:
+    """Until the server at url answers /health (60 s at most); output() gives its log if it exits first."""
     for _ in range(600):
         try:
             if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return proc, url
+                return
         except httpx.HTTPError:
             time.sleep(0.1)
         if proc.poll() is not None:
-            raise SystemExit(f"server exited: {proc.stderr.read().decode()[-2000:]}")
+            raise SystemExit(f"server exited: {output()[-2000:]}")
     raise SystemExit("server did not start in 60 s")
 
 
