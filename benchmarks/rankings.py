@@ -125,6 +125,7 @@ def run(args) -> dict:
     tokenizer = load_tokenizer(model_dir)
     config = model.config
     heldout, data = search_split(config, SearchSettings())
+    args.work.mkdir(parents=True, exist_ok=True)
     if "learned" in args.rankings:
         attach_scorer(model, tokenizer, data, args)
     predictors = {r: TorchPredictor(model, ranking=r) for r in args.rankings}
@@ -137,7 +138,6 @@ def run(args) -> dict:
     fingerprint = {"model": weights_digest(model_dir, predictors[args.rankings[0]]), "runtime": "torch-fp32",
                    "train_file": data["train_file"], "heldout_fraction": data["heldout_fraction"],
                    "offset": args.offset, "limit": args.limit}
-    args.work.mkdir(parents=True, exist_ok=True)
     cache = ScoreCache(args.work / "scores.json", fingerprint)
     layers = config.num_hidden_layers
     front = front_configs(model_dir, config, lengths, args.min_speedup, args.max_speedup, args.front_points)

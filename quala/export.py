@@ -71,7 +71,7 @@ def export_onnx(model: QualaForQuestionAnswering, output: str | os.PathLike, ran
         raise QualaError(f"ranking {ranking!r}: the graph can rank by {', '.join(EXPORTABLE_RANKINGS)}")
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    graph = _Graph(model, ranking).eval()
+    graph = _Graph(model, ranking).eval()  # the exporter restores the mode it finds: dropout stays off after it
     dynamic = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
                "token_type_ids": {0: "batch", 1: "sequence"}, "token_counts": {0: "batch"},
                "start_logits": {0: "batch", 1: "sequence"}, "end_logits": {0: "batch", 1: "sequence"},
@@ -94,7 +94,6 @@ def export_onnx(model: QualaForQuestionAnswering, output: str | os.PathLike, ran
         atomic_write(output, write)
     finally:
         model.graph_layer_skips = False
-        model.eval()  # the exporter can leave modules in training mode (dropout on)
     return output
 
 

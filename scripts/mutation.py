@@ -2,12 +2,17 @@
 
     python scripts/mutation.py [--modules metrics,budget,flops,data,modeling,runtime] [--work runs/mutation]
                                [--timeout 60] [--max-minutes M]
+    python scripts/mutation.py --planted [--only NAME,...]
 
 Each module is mutated (cosmic-ray's operators: comparison, arithmetic, boolean, number and keyword replacements,
 ...) in a copy of the tracked files under WORK/tree, never in this checkout, and a fast subset of the tests that
 pin it runs against every mutant. Sessions are kept in WORK/<module>.sqlite: an interrupted run (Ctrl-C,
 --max-minutes) goes on where it stopped. Prints killed / survived / timeout per module and every surviving mutant
 (file:line, operator, the changed line). Not part of CI: it runs the tests hundreds of times.
+
+--planted plants, one at a time, the bugs of PLANTED (one-line breaks of the method a reader would not see: the
+least attended tokens kept, GELU's tanh form, the KL reversed, LayerDrop off, a server reading one window, ...)
+in the copied tree, runs the tests meant to catch each, and prints whether they failed (caught) or passed (missed).
 """
 from __future__ import annotations
 
@@ -31,6 +36,65 @@ TESTS = {
     "runtime": "tests/test_runtime.py -k 'not bf16 and not static'",
 }
 TARGETS = {"modeling": 90.0, "metrics": 90.0}  # percent killed; 85 for the others
+
+# name -> (file, the line as it is, the line with the bug, the tests that must fail)
+PLANTED = {
+    "keep the least attended tokens": (
+        "quala/modeling.py", "significance = RANKINGS[ranking](signals, self).float()",
+        "significance = (-RANKINGS[ranking](signals, self)).float()",
+        "tests/test_modeling.py tests/test_export.py -k 'most_attended or attention_ranks or least_attended'"),
+    "GELU's tanh approximation": (
+        "quala/modeling.py", "self.ffn_out(F.gelu(self.ffn_in(x)))", "self.ffn_out(F.gelu(self.ffn_in(x), "
+        "approximate='tanh'))", "tests/test_modeling.py -k bare_bert"),
+    "LayerNorm eps 1e-5 instead of the config's": (
+        "quala/modeling.py", "self.ffn_norm = nn.LayerNorm(h, eps=c.layer_norm_eps)",
+        "self.ffn_norm = nn.LayerNorm(h, eps=1e-5)", "tests/test_modeling.py -k bare_bert"),
+    "distillation KL reversed": (
+        "quala/train.py", "F.kl_div(log_p, log_q, log_target=True", "F.kl_div(log_q, log_p, log_target=True",
+        "tests/test_train.py -k 'distillation or teacher'"),
+    "LayerDrop never drops": (
+        "quala/train.py", "skipped = frozenset() if i == 0 else", "skipped = frozenset() if True else",
+        "tests/test_train.py -k layerdrop"),
+    "a wrong-stage checkpoint is loaded": (
+        "quala/train.py", 'if state.get("stage") != self.stage:', "if False:",
+        "tests/test_train.py -k wrong_stage"),
+    "a corrupted checkpoint raises from deep inside": (
+        "quala/train.py", "raise QualaError(f\"{self.checkpoint_path}: cannot read the checkpoint ({e})\") from None",
+        "raise", "tests/test_train.py -k wrong_stage"),
+    "SIGTERM does not save": (
+        "quala/train.py", "signal.signal(signal.SIGTERM, _interrupt)", "pass", "tests/test_train.py -k sigterm"),
+    "export leaves the model in training mode": (
+        "quala/export.py", "graph = _Graph(model, ranking).eval()", "graph = _Graph(model, ranking)", "tests/test_export.py -k eval_mode"),
+    "micro-batches joined in the wrong order": (
+        "quala/runtime.py", "outputs.append(np.concatenate(arrays))", "outputs.append(np.concatenate(arrays[::-1]))",
+        "tests/test_runtime.py -k micro_batches"),
+    "bf16 silently runs fp32": (
+        "quala/evaluate.py", 'enabled=self.dtype == "bf16"', "enabled=False", "tests/test_runtime.py -k bf16"),
+    "static INT8 quantizes nothing": (
+        "quala/quantize.py", 'QDQ, op_types_to_quantize=["MatMul"]', "QDQ, op_types_to_quantize=[]",
+        "tests/test_runtime.py -k static"),
+    "static INT8 calibrated on one feature": (
+        "quala/quantize.py", "features = train_features(load_tokenizer(model_dir), config, n, train_file)",
+        "features = train_features(load_tokenizer(model_dir), config, 1, train_file)",
+        "tests/test_runtime.py tests/test_quantize.py -k 'static or calibration'"),
+    "the server reads only a context's first window": (
+        "quala/serve.py", "c.max_seq_length, c.doc_stride, c.max_query_length)\n",
+        "c.max_seq_length, c.doc_stride, c.max_query_length)[:1]\n",
+        "tests/test_serve.py -k 'last or long_context'"),
+    "every request runs alone": (
+        "quala/serve.py", "        if self.batch_invariant:\n            room", "        if False:\n            room",
+        "tests/test_serve.py -k share_model_runs"),
+    "an inference error reaches only the first waiter": (
+        "quala/serve.py", "            for job in jobs:\n                self.finish(job, e)",
+        "            for job in jobs[:1]:\n                self.finish(job, e)",
+        "tests/test_serve.py -k every_waiting"),
+    "a budget is ignored on a model without a front": (
+        "quala/serve.py", "            if budget is None:\n                return None",
+        "            if True:\n                return None", "tests/test_serve.py -k without_a_front"),
+    "/answer/batch takes any number of items": (
+        "quala/serve.py", "Field(min_length=1, max_length=MAX_BATCH_ITEMS)", "Field()",
+        "tests/test_serve.py -k bad_batch"),
+}
 
 
 def copy_tree(dest: Path) -> None:
@@ -86,6 +150,32 @@ def changed_line(diff: str) -> str:
     return plus[0] if plus else ""
 
 
+def run_planted(work: Path, names: list[str]) -> int:
+    """Each planted bug in a fresh copy of the tree; its tests must fail. Returns how many were missed."""
+    tree = work / "planted"
+    copy_tree(tree)
+    print("| planted bug | file | tests | result |\n| --- | --- | --- | --- |")
+    missed = 0
+    for name in names:
+        file, good, bad, tests = PLANTED[name]
+        path = tree / file
+        text = path.read_text(encoding="utf-8")
+        if text.count(good) != 1:
+            raise SystemExit(f"error: {file}: the line for {name!r} is not there exactly once: {good!r}")
+        path.write_text(text.replace(good, bad), encoding="utf-8")
+        try:
+            r = subprocess.run(f"{sys.executable} -m pytest -x -q -p no:cacheprovider {tests}", shell=True,
+                               cwd=tree, env=dict(os.environ, PYTHONPATH=str(tree)), capture_output=True, text=True)
+        finally:
+            path.write_text(text, encoding="utf-8")
+        failed = [line.split(" - ")[0] for line in r.stdout.splitlines() if line.startswith("FAILED")]
+        caught = r.returncode == 1 and failed
+        missed += not caught
+        result = f"caught: {failed[0].split('::')[-1]}" if caught else f"MISSED (pytest exit {r.returncode})"
+        print(f"| {name} | {file} | `{tests}` | {result} |", flush=True)
+    return missed
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--modules", default=",".join(TESTS), help=f"comma-separated, from {', '.join(TESTS)}")
@@ -93,7 +183,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=60.0, help="seconds before a mutant's tests count as hung")
     p.add_argument("--max-minutes", type=float, default=1e9, help="stop after this long (rerun to go on)")
     p.add_argument("--report", action="store_true", help="only print the table of what has run so far")
+    p.add_argument("--planted", action="store_true", help="plant each bug of PLANTED and run the tests meant to catch it")
+    p.add_argument("--only", default="", help="with --planted: these bugs only (comma-separated names)")
     args = p.parse_args(argv)
+    if args.planted:
+        names = [n.strip() for n in args.only.split(",") if n.strip()] or list(PLANTED)
+        unknown = [n for n in names if n not in PLANTED]
+        if unknown:
+            print(f"error: --only {unknown[0]!r}: choose from {', '.join(PLANTED)}", file=sys.stderr)
+            return 2
+        args.work.mkdir(parents=True, exist_ok=True)
+        return 1 if run_planted(args.work, names) else 0
     modules = [m.strip() for m in args.modules.split(",") if m.strip()]
     bad = [m for m in modules if m not in TESTS]
     if bad:

@@ -6,8 +6,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from quala.cli import main
 from quala.config import LengthConfig, QualaError
-from quala.data import collate, make_features
-from quala.quantize import ACTIVATIONS_KEY, per_row_activations, quantize_model
+from quala.data import collate, load_squad, make_features
+from quala.quantize import ACTIVATIONS_KEY, calibration_reader, per_row_activations, quantize_model
 from quala.runtime import OnnxPredictor, load_predictor
 
 REDUCED = LengthConfig((0.7, 0.4, 0.2))
@@ -139,3 +139,23 @@ def test_per_row_arithmetic_matches_a_numpy_reference(tmp_path):
     assert np.allclose(got, expected, rtol=1e-5, atol=1e-5)
     assert np.array_equal(got[0, 1], bias)  # an all-zero row: scale max(0, tiny), no NaN
     assert np.abs(got - (x @ w + bias)).max() < 0.1 * np.abs(x @ w).max()  # and close to the float layer
+
+
+def test_static_calibration_reads_the_features_asked_for_from_train(onnx_dir, data_dir, tokenizer):
+    """Calibration sees n train features (not dev, not fewer), padded per batch, the length configurations cycling
+    from full length: the ranges static INT8 freezes come from the activations users will send."""
+    config = load_predictor(onnx_dir, "onnx")[2]
+    train = data_dir / "train.json"
+    wanted = make_features(load_squad(train), tokenizer,
+                           config.max_seq_length, config.doc_stride, config.max_query_length)[:12]
+    reader = calibration_reader(onnx_dir, config, 12, train)
+    feeds = [reader.get_next() for _ in range(len(reader.feeds))]
+    assert reader.get_next() is None and sum(len(f["input_ids"]) for f in feeds) == 12
+    seen = sorted(tuple(int(t) for t, m in zip(ids, mask) if m) for f in feeds
+                  for ids, mask in zip(f["input_ids"], f["attention_mask"]))
+    assert seen == sorted(tuple(f.input_ids) for f in wanted)
+    real = feeds[0]["attention_mask"].sum(1)
+    assert (feeds[0]["token_counts"] == real[:, None]).all()  # first batch at full length
+    assert (feeds[1]["token_counts"][:, -1] < feeds[1]["attention_mask"].sum(1)).all()  # then reduced
+    reader.rewind()
+    assert reader.get_next() is feeds[0]

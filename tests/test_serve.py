@@ -423,3 +423,86 @@ def test_server_reads_long_contexts_as_quala_load_does(data_dir):
     reads = len(qa.features([quala.data.Example("0", e.question, context[s:t])
                              for s, t, _ in quala.longdoc.best_passages(e.question, context, qa.tokenizer, PASSAGES)]))
     assert engine.windows_run == 3 * reads < 3 * len(qa.features([quala.data.Example("0", e.question, context)]))
+
+
+# ---- what serving must not lose: each test fails if its behaviour is broken (scripts/mutation.py --planted) ------
+
+class Recording:
+    """A predictor that records the rows of each call (and can fail), delegating everything else."""
+
+    def __init__(self, predictor, fail: bool = False):
+        self.predictor, self.fail, self.rows = predictor, fail, []
+
+    def __call__(self, batch, lc, *args, **kwargs):
+        self.rows.append(len(batch["input_ids"]))
+        if self.fail:
+            raise RuntimeError("boom")
+        return self.predictor(batch, lc, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.predictor, name)
+
+
+def test_a_long_context_is_read_in_every_window_and_answered_from_the_last():
+    import quala
+    qa = quala.load()
+    context = " ".join(["The weather was mild and the town was quiet that year."] * 150) + \
+        " The silver key is hidden under the doormat."
+    windows = len(qa.features([quala.data.Example("0", "Where is the silver key hidden?", context)]))
+    engine = Engine(qa.predictor, qa.tokenizer, qa.config, qa.front)
+    with TestClient(create_app(engine)) as c:
+        r = c.post("/answer", json={"question": "Where is the silver key hidden?", "context": context})
+    assert r.status_code == 200, r.text
+    assert windows > 5 and engine.windows_run == windows
+    assert "doormat" in r.json()["answer"] and r.json()["start"] > len(context) - 60
+
+
+def test_concurrent_requests_share_model_runs(tiny_model_dir):
+    model, tokenizer = load(tiny_model_dir)
+    predictor = Recording(TorchPredictor(model))
+    engine = Engine(predictor, tokenizer, model.config, tiny_front(), max_batch=8, max_wait_ms=300)
+
+    async def many():
+        return await asyncio.gather(*(engine.answer(f"Question {i}?", CONTEXT, None, 1) for i in range(6)))
+
+    asyncio.run(many())
+    assert sum(predictor.rows) == 6 and max(predictor.rows) > 1 and len(predictor.rows) < 6
+
+
+def test_an_inference_error_reaches_every_waiting_request_and_the_server_goes_on(tiny_model_dir):
+    model, tokenizer = load(tiny_model_dir)
+    predictor = Recording(TorchPredictor(model), fail=True)
+    engine = Engine(predictor, tokenizer, model.config, tiny_front(), max_batch=8, max_wait_ms=100)
+
+    async def many():
+        return await asyncio.gather(*(engine.answer(f"Question {i}?", CONTEXT, None, 1) for i in range(3)),
+                                    return_exceptions=True)
+
+    results = asyncio.run(asyncio.wait_for(many(), 10))
+    assert len(results) == 3 and all("inference failed: RuntimeError: boom" in str(r) for r in results), results
+    with TestClient(create_app(engine)) as c:
+        error(c.post("/answer", json={"question": "Q?", "context": CONTEXT}), 500, "RuntimeError: boom")
+        predictor.fail = False
+        assert c.post("/answer", json={"question": "Q?", "context": CONTEXT}).status_code == 200
+
+
+def test_a_budget_on_a_model_without_a_front_is_a_400_and_no_budget_answers(tiny_model_dir):
+    model, tokenizer = load(tiny_model_dir)
+    with TestClient(create_app(Engine(TorchPredictor(model), tokenizer, model.config, None))) as c:
+        error(c.post("/answer", json={"question": "Q?", "context": CONTEXT, "budget": "fastest"}), 400,
+              "budget 'fastest': this model has no length_configs.json")
+        assert c.post("/answer", json={"question": "Q?", "context": CONTEXT}).status_code == 200
+        assert c.get("/configs").status_code == 200
+
+
+@pytest.mark.parametrize("body, status, message", [
+    ({"items": []}, 422, "items: List should have at least 1 item"),
+    ({"items": [{"question": "Q?", "context": "c"}] * 65}, 422, "items: List should have at most 64 items"),
+    ({"items": "Q?"}, 422, "items: Input should be a valid list"),
+    ({}, 422, "items: Field required"),
+    ({"items": [{"question": "Q?", "context": CONTEXT}, {"context": CONTEXT}]}, 422, "items.1.question: Field required"),
+    ({"items": [{"question": "Q?", "context": CONTEXT, "budget": "20 parsecs"}]}, 400, "unknown unit 'parsecs'"),
+])
+def test_bad_batch_bodies_get_a_4xx_naming_the_item(client, body, status, message):
+    error(client.post("/answer/batch", json=body), status, message)
+    assert client.get("/health").status_code == 200
