@@ -102,16 +102,15 @@ def score(cache: ScoreCache, ranking: str, c: Config, predictors: dict, tokenize
 
 def attach_scorer(model, tokenizer, data: dict, args) -> None:
     """The "learned" ranking's scorers: fitted on --fit-scorer questions of the *training* articles (never the
-    held-out ones scored here), kept in WORK/scorer.safetensors."""
+    held-out ones scored here; quala.scorer.fitting_examples, as `quala fit-scorer` does), kept in
+    WORK/scorer.safetensors."""
     from quala import scorer
-    from quala.data import load_squad, split_articles
     from quala.modeling import SCORER_FILE, attach_scorers, load_scorers, save_scorers
     path = args.work / SCORER_FILE
     if not path.is_file():
-        train, _ = split_articles(load_squad(data["train_file"], limit=data["train_limit"]),
-                                  data["heldout_fraction"])
-        features = make_features(train[:: max(1, len(train) // args.fit_scorer)][: args.fit_scorer], tokenizer,
-                                 model.config.max_seq_length, model.config.doc_stride, model.config.max_query_length)
+        examples = scorer.fitting_examples(model, args.fit_scorer, data["train_file"], data["heldout_fraction"])
+        features = make_features(examples, tokenizer, model.config.max_seq_length, model.config.doc_stride,
+                                 model.config.max_query_length)
         t0 = time.perf_counter()
         save_scorers(scorer.fit(model, features), path)
         print(f"scorer fitted on {len(features)} training features in {time.perf_counter() - t0:.0f} s: {path}",

@@ -178,6 +178,19 @@ def cmd_export(args) -> None:
     print(f"ONNX model (token_counts as an input: one graph for every length config) written to {path}")
 
 
+def cmd_fit_scorer(args) -> None:
+    from quala.config import ModelConfig
+    from quala.files import read_json, write_json_atomic
+    from quala.scorer import fit_dir
+    path = fit_dir(args.model, args.questions, str(args.train_file or ""), args.heldout_fraction)
+    print(f"scorer weights written to {path}")
+    if not args.keep_ranking:
+        config = ModelConfig.from_dict(read_json(args.model / "config.json"))
+        config.ranking = "learned"
+        write_json_atomic(args.model / "config.json", config.to_dict())
+        print(f"{args.model / 'config.json'}: ranking 'learned' (export bakes it into the graph)")
+
+
 def cmd_quantize(args) -> None:
     from quala.quantize import quantize_model
     path = quantize_model(args.model, args.mode, args.output, args.keep_float, args.calibration_features,
@@ -191,12 +204,28 @@ def add_onnx_parsers(sub) -> None:
                                    "(token_counts), so one graph serves every configuration.")
     p.add_argument("--model", type=Path, required=True, help="model directory with model.safetensors")
     p.add_argument("--output", type=Path, default=None, help="ONNX file to write (default: DIR/model.onnx)")
-    p.add_argument("--ranking", choices=["attention", "question", "cls", "learned"], default="attention",
-                   help="how each layer ranks the tokens it keeps: attention received (default), attention from the "
-                        "question and [CLS], from [CLS], or the learned scorers of DIR/scorer.safetensors")
+    p.add_argument("--ranking", choices=["attention", "question", "cls", "learned"], default=None,
+                   help="how each layer ranks the tokens it keeps (default: the model's own, config.json's "
+                        "quala.ranking): attention received, attention from the question and [CLS], from [CLS], or "
+                        "the learned scorers of DIR/scorer.safetensors (quala fit-scorer)")
     p.add_argument("--layer-skips", action="store_true",
                    help="let the graph skip a layer (a 0 in a length config); costs 7-14%% more time at full length")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("fit-scorer", help="fit the learned token ranking's scorers (DIR/scorer.safetensors)",
+                       description="Fit one linear scorer per layer (ridge regression, no gradient steps, the weights "
+                                   "unchanged) to where the full-length model puts its answer, on training articles "
+                                   "only (never the held-out ones the search scores, never dev); the model then "
+                                   "ranks tokens with it (config.json quala.ranking = 'learned').")
+    p.add_argument("--model", type=Path, required=True, help="model directory with model.safetensors")
+    p.add_argument("--questions", type=positive_int, default=2000,
+                   help="training questions to fit on, spread over the training articles (default 2000)")
+    p.add_argument("--train-file", type=Path, default=None,
+                   help="SQuAD v1.1 file (default: the model's training file, else the shared train set)")
+    p.add_argument("--heldout-fraction", type=float, default=None,
+                   help="articles held out for the search, left out here (default: the model's training setting)")
+    p.add_argument("--keep-ranking", action="store_true", help="write the scorers, leave config.json's ranking")
+    p.set_defaults(func=cmd_fit_scorer)
 
     p = sub.add_parser("quantize", help="INT8-quantize DIR/model.onnx to DIR/model.int8.onnx (ONNX Runtime)",
                        description="Post-training INT8 quantization of the linear layers with ONNX Runtime "
@@ -249,7 +278,7 @@ def cmd_search(args) -> None:
 
 def cmd_report(args) -> None:
     from quala.budget import front_path, read_front
-    from quala.report import PLOT_FILE, markdown_table, plot_front
+    from quala.report import PLOT_FILE, compare_markdown, markdown_table, plot_front
     if args.tradeoff:
         from quala.report import plot_tradeoff, read_tradeoff, tradeoff_markdown
         if args.model:
@@ -271,10 +300,14 @@ def cmd_report(args) -> None:
         predictor, tokenizer, _ = load(model_dir, args.runtime, threads=args.threads)
         retime_front(model_dir, predictor, tokenizer, args.latency_repeats, args.latency_features)
     front = read_front(model_dir)
+    compare = {str(d): read_front(d) for d in args.compare or []}
     plot = args.plot or Path(model_dir) / PLOT_FILE
     if args.plot or plot.name not in released:  # never edit a released model's files
-        plot_front(front, plot)
+        plot_front(front, plot, compare)
     print(markdown_table(front))
+    if compare:
+        print("\nBest point at or beyond each saving in MACs:\n")
+        print(compare_markdown({str(model_dir): front, **compare}))
     print(f"\nfront     {front_path(model_dir)}\nplot      {plot}")
 
 
@@ -329,6 +362,9 @@ def add_search_parsers(sub) -> None:
                                    "MODEL/length_configs.png.")
     p.add_argument("--model", type=Path, default=None, help="model directory (default: the released model)")
     p.add_argument("--plot", type=Path, default=None, help="PNG to write (default: MODEL/length_configs.png)")
+    p.add_argument("--compare", type=Path, action="append", default=None, metavar="DIR",
+                   help="another model directory whose front joins the plot and a table of the best point at each "
+                        "saving in MACs (repeatable), e.g. the previous release")
     p.add_argument("--tradeoff", type=Path, default=None, metavar="FILE",
                    help="instead, print and plot a benchmarks/tradeoff.py --json file (default plot: FILE.png)")
     p.add_argument("--time", action="store_true", help="first time every front point again on this machine "

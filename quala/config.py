@@ -142,9 +142,10 @@ class ModelConfig:
     doc_stride: int = 128
     max_query_length: int = 64
     length_config: dict | None = None  # default LengthConfig.to_json(), None = full length
+    ranking: str = "attention"  # how layers rank the tokens they keep (quala.modeling.RANKINGS); export bakes it in
     extra: dict = field(default_factory=dict)  # free-form provenance (how the model was made)
 
-    QUALA_KEYS = ("max_seq_length", "doc_stride", "max_query_length", "length_config", "extra")
+    QUALA_KEYS = ("max_seq_length", "doc_stride", "max_query_length", "length_config", "ranking", "extra")
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:

@@ -21,11 +21,11 @@ class Predictor(Protocol):
 
 
 class TorchPredictor:
-    """An eager PyTorch model; ranking "position" keeps each layer's first k tokens instead of the most attended
-    (a baseline for benchmarks/tradeoff.py)."""
+    """An eager PyTorch model, ranking tokens as its config says unless `ranking` names another (e.g. "position",
+    each layer's first k tokens: a baseline for benchmarks/tradeoff.py)."""
     batch_invariant = True  # each row's logits are its own: padding is masked, no batch-wide statistics
 
-    def __init__(self, model, dtype: str = "fp32", ranking: str = "attention"):
+    def __init__(self, model, dtype: str = "fp32", ranking: str | None = None):
         """model: a QualaForQuestionAnswering; dtype "fp32" or "bf16" (autocast)."""
         self.model = model.eval()
         self.dtype = dtype
@@ -36,9 +36,8 @@ class TorchPredictor:
         device = next(self.model.parameters()).device  # the model runs where it lives (CPU, or a GPU in training)
         batch = {k: torch.as_tensor(v).to(device) for k, v in batch.items()}
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.dtype == "bf16"):
-            kwargs = {} if self.ranking == "attention" else {"ranking": self.ranking}
             out = self.model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], length_config,
-                             **kwargs)
+                             ranking=self.ranking)
         return out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy(), out.kept.cpu().numpy()
 
 

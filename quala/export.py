@@ -17,7 +17,7 @@ from torch import nn
 from quala.config import LengthConfig, QualaError
 from quala.files import atomic_write
 from quala.modeling import QualaForQuestionAnswering
-from quala.runtime import INPUTS, LAYER_SKIPS_KEY
+from quala.runtime import INPUTS, LAYER_SKIPS_KEY, RANKING_KEY
 
 OUTPUTS = ("start_logits", "end_logits", "kept")
 OPSET = 17
@@ -62,11 +62,13 @@ def example_inputs(model: QualaForQuestionAnswering, batch: int = 2, length: int
     return ids, mask, types, counts
 
 
-def export_onnx(model: QualaForQuestionAnswering, output: str | os.PathLike, ranking: str = "attention",
+def export_onnx(model: QualaForQuestionAnswering, output: str | os.PathLike, ranking: str | None = None,
                 layer_skips: bool = False) -> Path:
     """Write the model as ONNX (legacy TorchScript exporter, opset 17) with dynamic batch and sequence axes; the
     token ranking (quala.modeling.RANKINGS) is baked into the graph. layer_skips: the graph also runs length
-    configurations with a 0 (a skipped layer), at 7-14% more time at full length; metadata LAYER_SKIPS_KEY says so."""
+    configurations with a 0 (a skipped layer), at 7-14% more time at full length; metadata LAYER_SKIPS_KEY says so.
+    ranking None: the model config's; metadata RANKING_KEY names the one baked in."""
+    ranking = ranking or model.config.ranking
     if ranking not in EXPORTABLE_RANKINGS:
         raise QualaError(f"ranking {ranking!r}: the graph can rank by {', '.join(EXPORTABLE_RANKINGS)}")
     output = Path(output)
@@ -83,11 +85,10 @@ def export_onnx(model: QualaForQuestionAnswering, output: str | os.PathLike, ran
             torch.onnx.export(graph, example_inputs(model), tmp, dynamo=False, opset_version=OPSET,
                               input_names=list(INPUTS), output_names=list(OUTPUTS), dynamic_axes=dynamic,
                               do_constant_folding=True)
-        if layer_skips:
-            import onnx
-            proto = onnx.load(tmp)
-            onnx.helper.set_model_props(proto, {LAYER_SKIPS_KEY: "1"})
-            onnx.save(proto, tmp)
+        import onnx
+        proto = onnx.load(tmp)
+        onnx.helper.set_model_props(proto, {RANKING_KEY: ranking} | ({LAYER_SKIPS_KEY: "1"} if layer_skips else {}))
+        onnx.save(proto, tmp)
 
     model.graph_layer_skips = layer_skips
     try:
@@ -98,7 +99,7 @@ def export_onnx(model: QualaForQuestionAnswering, output: str | os.PathLike, ran
 
 
 def export_dir(model_dir: str | os.PathLike, output: str | os.PathLike | None = None, layer_skips: bool = False,
-               ranking: str = "attention") -> Path:
+               ranking: str | None = None) -> Path:
     """Export a model directory's PyTorch weights to DIR/model.onnx (or `output`)."""
     model_dir = Path(model_dir)
     model = QualaForQuestionAnswering.from_pretrained(model_dir)

@@ -218,16 +218,17 @@ class QualaForQuestionAnswering(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None,
                 length_config: LengthConfig | None = None, skip_layers: frozenset[int] = frozenset(),
-                token_counts: torch.Tensor | None = None, ranking: str = "attention") -> QAOutput:
+                token_counts: torch.Tensor | None = None, ranking: str | None = None) -> QAOutput:
         """length_config None runs at full length; token_counts (B, layers) overrides it with explicit counts.
 
         A count of 0 skips the layer: when every row has 0 there, nothing is computed and every token keeps its
         vector (kept reports 0); a row with 0 in a layer that other rows of the batch run keeps only [CLS] there.
         skip_layers are passed through unchanged (LayerDrop in training; kept reports the tokens passed on).
         ranking: which tokens a layer keeps, a key of RANKINGS: "attention" (the most attended, the model's
-        method), "question" (most attended by the question and [CLS]), "cls" (by [CLS]) or "position" (the first
-        k, a baseline for comparison; eager PyTorch only).
+        method), "question" (most attended by the question and [CLS]), "cls" (by [CLS]), "learned" (the fitted
+        scorers) or "position" (the first k, a baseline for comparison; eager PyTorch only); None: the config's.
         """
+        ranking = ranking or self.config.ranking
         if ranking not in RANKINGS:
             raise QualaError(f"ranking {ranking!r}: choose one of {', '.join(RANKINGS)}")
         if token_type_ids is None:

@@ -32,9 +32,35 @@ def markdown_table(front: Front) -> str:
     return "\n".join(rows)
 
 
-def plot_front(front: Front, path: str | os.PathLike) -> None:
+COMPARE_FACTORS = (1.25, 1.5, 2.0, 3.0, 4.0)  # fewer MACs than full length
+
+
+def best_beyond(front: Front, factor: float, score: str) -> FrontPoint | None:
+    """The point with the best `score` ("dev_f1" or "confirm_f1") among those with at least `factor` fewer MACs."""
+    points = [p for p in front.configs if p.speedup_gmacs >= factor * (1 - 1e-9) and getattr(p, score) is not None]
+    return max(points, key=lambda p: getattr(p, score), default=None)
+
+
+def compare_markdown(fronts: dict[str, Front]) -> str:
+    """For each saving in MACs, each front's best point at or beyond it: confirmed F1 (held-out training
+    questions: what decides between models) and dev F1 (reporting), with its length configuration."""
+    names = list(fronts)
+    rows = ["| fewer MACs | " + " | ".join(f"{n}: confirmed F1 | {n}: dev F1 | {n}: config" for n in names) + " |",
+            "| ---: | " + " | ".join("---: | ---: | ---" for _ in names) + " |"]
+    for factor in COMPARE_FACTORS:
+        cells = []
+        for front in fronts.values():
+            c, d = best_beyond(front, factor, "confirm_f1"), best_beyond(front, factor, "dev_f1")
+            cells.append(f"{fmt(c and c.confirm_f1, '.2f')} | {fmt(d and d.dev_f1, '.2f')} | "
+                         f"{(d or c).length_config if (d or c) else '-'}")
+        rows.append(f"| {factor:g}x | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def plot_front(front: Front, path: str | os.PathLike, compare: dict[str, Front] | None = None) -> None:
     """PNG: every scored configuration (grey) and the front (search, confirmed and dev F1) against GMACs; the
-    front's dev F1 against latency when it was measured."""
+    front's dev F1 against latency when it was measured; other models' fronts (`compare`, by label) in the same
+    axes, by dev F1 where they have it, else confirmed F1."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -54,6 +80,10 @@ def plot_front(front: Front, path: str | os.PathLike) -> None:
                 label="front (dev F1)")
     if front.full and front.full.dev_f1 is not None:
         ax.plot([front.full.gmacs], [front.full.dev_f1], "*", color="tab:red", markersize=12, label="full (dev F1)")
+    for (label, other), style in zip((compare or {}).items(), ("x-.", "d:", "v-.")):
+        score = "dev_f1" if all(p.dev_f1 is not None for p in other.configs) else "confirm_f1"
+        ax.plot([p.gmacs for p in other.configs], [getattr(p, score) for p in other.configs], style,
+                color="tab:purple", markersize=4, label=f"{label} ({score.replace('_f1', '').replace('confirm', 'confirmed')} F1)")
     ax.set(xlabel="GMACs per feature", ylabel="F1", title="F1 against compute")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)

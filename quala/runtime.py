@@ -83,7 +83,12 @@ class OnnxPredictor:
             raise QualaError(f"{self.path}: cannot load the ONNX model ({type(e).__name__}: {e})") from None
         self.check_signature()
         self.batch_invariant = not dynamic_activation_scales(self.path)
-        self.layer_skips = self.session.get_modelmeta().custom_metadata_map.get(LAYER_SKIPS_KEY) == "1"
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.layer_skips = meta.get(LAYER_SKIPS_KEY) == "1"
+        self.ranking = meta.get(RANKING_KEY, "attention")
+        # A run of more tokens than this hands the memory it grew back to the system: onnxruntime's arena otherwise
+        # keeps its largest run's size for good (+370 MB after one 16 x 384 run). None: never (eval's steady runs).
+        self.release_above_tokens: int | None = None
 
     def check_signature(self) -> None:
         inputs = {i.name: i.shape for i in self.session.get_inputs()}
@@ -108,19 +113,28 @@ class OnnxPredictor:
         feed = {"input_ids": batch["input_ids"], "attention_mask": mask, "token_type_ids": batch["token_type_ids"],
                 "token_counts": token_counts(mask, layers, length_config)}
         feed = {k: np.ascontiguousarray(v, dtype=np.int64) for k, v in feed.items()}
-        start, end, kept = run_micro_batches(self.session, feed, self.micro_batch, token_outputs=2)
+        start, end, kept = run_micro_batches(self.session, feed, self.micro_batch, token_outputs=2,
+                                             release_above_tokens=self.release_above_tokens)
         return start, end, kept
 
 
 PAD_LOGIT = -1e4
 LAYER_SKIPS_KEY = "quala.layer_skips"  # ONNX metadata: "1" when the graph runs length configs with a 0
+RANKING_KEY = "quala.ranking"  # ONNX metadata: the token ranking baked into the graph (absent before: "attention")
 
 
-def run_micro_batches(session, feed: dict[str, np.ndarray], size: int, token_outputs: int) -> list[np.ndarray]:
+def run_micro_batches(session, feed: dict[str, np.ndarray], size: int, token_outputs: int,
+                      release_above_tokens: int | None = None) -> list[np.ndarray]:
     """session.run over micro-batches of `size` rows; the first `token_outputs` outputs (B, width, ...) are padded
-    back to the batch's width with PAD_LOGIT (postprocessing never reads past a feature's length)."""
+    back to the batch's width with PAD_LOGIT (postprocessing never reads past a feature's length). A micro-batch of
+    more than release_above_tokens (rows x width) shrinks the CPU arena after its run."""
+    import onnxruntime as ort
+    release = ort.RunOptions()
+    release.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
     width = feed["input_ids"].shape[1]
-    parts = [session.run(None, chunk) for chunk in micro_batches(feed, size)]
+    parts = [session.run(None, chunk, release if release_above_tokens is not None
+                         and chunk["input_ids"].size > release_above_tokens else None)
+             for chunk in micro_batches(feed, size)]
     outputs = []
     for j in range(len(parts[0])):
         arrays = [p[j] for p in parts]

@@ -10,12 +10,19 @@ fitting takes one forward pass over the features; the backbone is unchanged. Use
 """
 from __future__ import annotations
 
+import os
+import sys
+import time
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch import nn
 
-from quala.data import Feature, collate, length_grouped_batches
-from quala.modeling import QualaForQuestionAnswering
+from quala.config import QualaError, squad_path
+from quala.data import Example, Feature, collate, length_grouped_batches, load_squad, make_features, split_articles
+from quala.modeling import SCORER_FILE, QualaForQuestionAnswering, save_scorers
+from quala.tokenizer import load_tokenizer
 
 RADIUS = 8  # tokens either side of a likely answer token that count as its neighbourhood
 RIDGE = 1e-2  # L2 weight, relative to the mean diagonal of the features' second moment
@@ -77,3 +84,30 @@ def layer_inputs(model: QualaForQuestionAnswering, ids, mask, types) -> list[tup
         out.append((x, layer.attend(x, valid)[1]))
         x, _, _ = layer(x, valid, None)
     return out
+
+
+def fitting_examples(model: QualaForQuestionAnswering, questions: int, train_file: str = "",
+                     heldout_fraction: float | None = None) -> list[Example]:
+    """`questions` questions spread evenly over the *training* articles of the model's own split: never the
+    held-out articles the length search scores, never dev."""
+    trained = (model.config.extra or {}).get("train_config", {})
+    path = train_file or trained.get("train_file") or str(squad_path("train"))
+    fraction = heldout_fraction if heldout_fraction is not None else trained.get("heldout_fraction", 0.05)
+    train, _ = split_articles(load_squad(path, limit=None if train_file else trained.get("limit")), fraction)
+    if not train:
+        raise QualaError(f"{path}: no training articles to fit the scorers on")
+    return train[:: max(1, len(train) // questions)][:questions]
+
+
+def fit_dir(model_dir: str | os.PathLike, questions: int = 2000, train_file: str = "",
+            heldout_fraction: float | None = None) -> Path:
+    """Fit the scorers of a model directory's float weights and save them as DIR/scorer.safetensors."""
+    model_dir = Path(model_dir)
+    model = QualaForQuestionAnswering.from_pretrained(model_dir)
+    c = model.config
+    features = make_features(fitting_examples(model, questions, train_file, heldout_fraction),
+                             load_tokenizer(model_dir), c.max_seq_length, c.doc_stride, c.max_query_length)
+    t0 = time.perf_counter()
+    path = save_scorers(fit(model, features), model_dir / SCORER_FILE)
+    print(f"scorers fitted on {len(features)} training features in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    return path

@@ -42,6 +42,7 @@ MAX_QUESTION_CHARS = 2000
 MAX_CONTEXT_CHARS = 100_000
 MAX_BATCH_ITEMS = 64
 WINDOWS_PER_TURN = 4  # = quala.runtime.MICRO_BATCH: one ONNX Runtime run per turn, and the same runs as quala.load()
+RELEASE_ABOVE_TOKENS = 4 * 256  # a run of longer windows than normal questions send gives its memory back
 TOKENIZE_CHARS_PER_TURN = 50_000  # about 20 ms of tokenizing between two turns of the model
 OFFSETS = ("character offsets into the context in Unicode code points (Python str indexes); JavaScript strings "
            "index UTF-16 code units, so slice Array.from(context) instead")
@@ -219,6 +220,8 @@ class Engine:
         self.passages = passages
         self.max_batch, self.max_wait_ms, self.limits = max_batch, max_wait_ms, limits
         self.batch_invariant = getattr(predictor, "batch_invariant", True)
+        if hasattr(predictor, "release_above_tokens"):  # a burst of long windows must not keep its memory
+            predictor.release_above_tokens = RELEASE_ABOVE_TOKENS
         self.lock = threading.Condition()
         self.incoming: list[Job] = []
         self.ring: list[Job] = []  # the worker thread's own

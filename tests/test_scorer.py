@@ -100,3 +100,41 @@ def test_learned_ranking_exports_as_one_graph_with_token_counts(tmp_path):
         real = mask.bool().numpy()
         assert np.abs(start - ref.start_logits.numpy())[real].max() < 1e-4
         assert np.array_equal(kept, ref.kept.numpy())
+
+
+def test_fit_scorer_command_makes_learned_the_models_ranking_in_eager_and_onnx(tiny_model_dir, data_dir, tmp_path):
+    import shutil
+
+    from quala.cli import main
+    from quala.runtime import OnnxPredictor
+    d = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, d)
+    assert main(["fit-scorer", "--model", str(d), "--train-file", str(data_dir / "train.json"), "--questions", "20",
+                 "--heldout-fraction", "0.25"]) == 0
+    model = QualaForQuestionAnswering.from_pretrained(d)
+    assert model.config.ranking == "learned" and all(layer.scorer is not None for layer in model.layers)
+    ids, mask, types = batch(4, 50, seed=5)
+    lc = LengthConfig((0.8, 0.4, 0.2))
+    with torch.no_grad():
+        default = model(ids, mask, types, lc)
+        learned = model(ids, mask, types, lc, ranking="learned")
+        attention = model(ids, mask, types, lc, ranking="attention")
+    assert torch.equal(default.start_logits, learned.start_logits)
+    assert not torch.equal(default.start_logits, attention.start_logits)
+    assert main(["export", "--model", str(d)]) == 0  # no --ranking: the model's own
+    predictor = OnnxPredictor(d / "model.onnx", model.config)
+    assert predictor.ranking == "learned"
+    feed = {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "token_type_ids": types.numpy(),
+            "token_counts": token_counts(mask, 3, lc).numpy()}
+    start = predictor.session.run(None, feed)[0]
+    assert np.abs(start - learned.start_logits.numpy())[mask.bool().numpy()].max() < 1e-4
+
+
+def test_fit_scorer_never_reads_the_held_out_articles(tiny_model_dir, data_dir):
+    from quala.data import load_squad, split_articles
+    model, _ = load(tiny_model_dir)
+    picked = scorer.fitting_examples(model, 1000, str(data_dir / "train.json"), 0.25)
+    train, heldout = split_articles(load_squad(data_dir / "train.json"), 0.25)
+    assert heldout and picked
+    assert {e.id for e in picked} == {e.id for e in train}  # every training question, no held-out one
+    assert len(scorer.fitting_examples(model, 5, str(data_dir / "train.json"), 0.25)) == 5

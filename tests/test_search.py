@@ -240,3 +240,25 @@ def test_with_a_margin_the_front_is_the_confirmed_scores_front(model_dir, data_d
     assert [str(p.length_config) for p in front.configs] == pareto_front(
         {k: v for k, v in confirmed.items() if k != "full"})
     assert front.info["confirm"]["margin"] == 100.0
+
+
+def test_compare_picks_each_fronts_best_point_at_or_beyond_each_saving(tmp_path, capsys):
+    from quala.budget import Front, FrontPoint, front_path, write_front
+    from quala.report import best_beyond, compare_markdown
+
+    def point(name, speedup, confirm, dev):
+        return FrontPoint(name, LengthConfig((round(1 / speedup, 2),) * 3), 2.0 / speedup, speedup, confirm,
+                          dev_f1=dev, confirm_f1=confirm)
+    old = Front([point("a", 3.1, 30.0, 31.0), point("b", 2.0, 50.0, 52.0), point("c", 1.5, 70.0, 71.0)])
+    new = Front([point("a", 3.0, 60.0, 59.0), point("b", 1.9, 75.0, 76.0), point("c", 1.5, 79.0, 80.0)])
+    assert best_beyond(new, 2.0, "dev_f1").name == "a"  # 1.9x is short of 2x: the 3x point is the best that fits
+    assert best_beyond(old, 2.0, "confirm_f1").name == "b" and best_beyond(old, 4.0, "dev_f1") is None
+    table = compare_markdown({"new": new, "old": old}).splitlines()
+    assert table[3] == "| 1.5x | 79.00 | 80.00 | 0.67,0.67,0.67 | 70.00 | 71.00 | 0.67,0.67,0.67 |"
+    assert table[4] == "| 2x | 60.00 | 59.00 | 0.33,0.33,0.33 | 50.00 | 52.00 | 0.5,0.5,0.5 |"
+    assert table[-1].startswith("| 4x | - | - | - |")
+    for name, front in (("new", new), ("old", old)):
+        (tmp_path / name).mkdir()
+        write_front(front_path(tmp_path / name), front)
+    assert main(["report", "--model", str(tmp_path / "new"), "--compare", str(tmp_path / "old")]) == 0
+    assert table[4] in capsys.readouterr().out and (tmp_path / "new" / "length_configs.png").is_file()

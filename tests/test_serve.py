@@ -506,3 +506,103 @@ def test_a_budget_on_a_model_without_a_front_is_a_400_and_no_budget_answers(tiny
 def test_bad_batch_bodies_get_a_4xx_naming_the_item(client, body, status, message):
     error(client.post("/answer/batch", json=body), status, message)
     assert client.get("/health").status_code == 200
+
+
+# ---- connections: the guard on a live server ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def live(engine):
+    """A real uvicorn server on loopback with short deadlines and room for four connections."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    from quala.serve import server_config
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    limits = Limits(header_timeout_s=0.5, body_timeout_s=0.5, max_connections=4)
+    server = uvicorn.Server(server_config(create_app(engine), "127.0.0.1", port, limits, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started
+    yield port
+    server.should_exit = True
+    thread.join(10)
+
+
+def connect(port: int):
+    import socket
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.settimeout(5)
+    return s
+
+
+def closed_after(sock, trickle: bytes = b"", every: float = 0.1, limit: float = 4.0) -> float:
+    """Seconds until the server closes `sock`, sending `trickle` every `every` s meanwhile; inf if it never does."""
+    import socket
+    start = time.monotonic()
+    sock.setblocking(False)
+    while time.monotonic() - start < limit:
+        try:
+            if sock.recv(65536, socket.MSG_PEEK) == b"":
+                return time.monotonic() - start
+            sock.recv(65536)  # a response (e.g. an error) before the close
+        except BlockingIOError:
+            pass
+        except OSError:
+            return time.monotonic() - start
+        if trickle:
+            try:
+                sock.send(trickle)
+            except OSError:
+                return time.monotonic() - start
+        time.sleep(every)
+    return float("inf")
+
+
+def get_health(sock) -> bytes:
+    sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += received(sock)
+    head, _, rest = data.partition(b"\r\n\r\n")
+    length = int(next(h.split(b":")[1] for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")))
+    while len(rest) < length:
+        rest += received(sock)
+    return head.split(b"\r\n")[0]
+
+
+def received(sock) -> bytes:
+    data = sock.recv(4096)
+    if not data:
+        raise ConnectionError("the server closed the connection")
+    return data
+
+
+def test_a_silent_connection_and_a_slowloris_are_closed_at_the_header_deadline(live):
+    with connect(live) as silent:
+        assert 0.3 < closed_after(silent) < 2.0
+    with connect(live) as slow:
+        slow.sendall(b"POST /answer HTTP/1.1\r\nHost: x\r\n")
+        assert 0.3 < closed_after(slow, trickle=b"X") < 2.0  # bytes keep coming, the deadline does not move
+
+
+def test_a_body_that_stalls_is_closed_at_the_body_deadline(live):
+    with connect(live) as s:
+        s.sendall(b"POST /answer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+        assert 0.3 < closed_after(s) < 2.0
+
+
+def test_at_the_connection_cap_silent_connections_go_and_answered_ones_stay(live):
+    with connect(live) as served:
+        assert get_health(served) == b"HTTP/1.1 200 OK"
+        silent = [connect(live) for _ in range(6)]
+        time.sleep(0.1)  # well inside the 0.5 s header deadline the served connection now waits under
+        assert get_health(served) == b"HTTP/1.1 200 OK"  # the client being served kept its connection
+        assert sum(closed_after(s, limit=0.05) < 1 for s in silent) >= 3  # the oldest silent ones made room
+        for s in silent:
+            s.close()
