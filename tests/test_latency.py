@@ -14,8 +14,10 @@ spec.loader.exec_module(latency)
 def test_latency_table_on_a_tiny_model(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "latency.json"
     assert latency.main(["--model", str(tiny_model_dir), "--features", "3", "--repeats", "1", "--no-static",
-                         "--length-configs", "1,0.5,0.3", "--eval-limit", "2", "--json", str(out)]) == 0
-    rows = {r["name"]: r for r in json.loads(out.read_text())["rows"]}
+                         "--length-configs", "1,0.5,0.3", "--eval-limit", "2", "--pad-to", "128",
+                         "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    rows = {r["name"]: r for r in result["rows"]}
     base = rows["BERT-base fp32 PyTorch (random init)"]
     assert base["b1_speedup"] == 1.0 and base["b1_ms"] > 0
     plain = "MiniLM full, ORT quantize_dynamic (plain HF export)"
@@ -24,6 +26,19 @@ def test_latency_table_on_a_tiny_model(tiny_model_dir, tmp_path, capsys):
     assert rows["quala INT8 ORT, one run per batch (no micro-batches)"]["b32_ms"] > 0
     assert rows["quala INT8 ORT, 1,0.5,0.3"]["b32_ms"] > 0 and 0 <= rows["quala INT8 ORT"]["f1"] <= 100
     assert "| BERT-base fp32 PyTorch (random init) |" in capsys.readouterr().out
+    padded = {r["name"]: r for r in result["padded_rows"]}  # the original work's protocol: 128 tokens, counts
+    assert set(padded) == {"BERT-base fp32 PyTorch (random init)", plain, "quala INT8 ORT", "quala INT8 ORT, 1,0.5,0.3"}
+    assert padded["quala INT8 ORT, 1,0.5,0.3"]["length_config"] == "tokens:128,64,38"
+    assert padded["quala INT8 ORT"]["gmac_per_feature"] > rows["quala INT8 ORT"]["gmac_per_feature"]
+    assert all(r["b1_ms"] > 0 and "f1" not in r for r in padded.values())
+
+
+def test_padded_features_count_every_token(tiny_model_dir, dev_examples, tokenizer):
+    from quala.data import collate, make_features
+    features = make_features(dev_examples[:2], tokenizer, 128, 48)[:2]
+    batch = collate(latency.padded(features, 128))
+    assert batch["input_ids"].shape == (2, 128) and batch["attention_mask"].all()
+    assert (batch["input_ids"][0, : len(features[0])] == features[0].input_ids).all()
 
 
 def test_latency_names_a_missing_model(tmp_path, capsys):
