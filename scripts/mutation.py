@@ -2,6 +2,7 @@
 
     python scripts/mutation.py [--modules metrics,budget,flops,data,modeling,runtime] [--work runs/mutation]
                                [--timeout 60] [--max-minutes M] [--sample N] [--seed S]
+    python scripts/mutation.py --modules data,flops --retest-survivors     # after writing tests that kill them
     python scripts/mutation.py --planted [--only NAME,...]
 
 Each module is mutated (cosmic-ray's operators: comparison, arithmetic, boolean, number and keyword replacements,
@@ -161,6 +162,14 @@ def keep_a_sample(db: Path, keep: int, seed: int) -> None:
         wdb.set_multiple_results([i for i in ids if i not in chosen], WorkResult(worker_outcome=WorkerOutcome.SKIPPED))
 
 
+def reopen_survivors(db: Path) -> int:
+    """Make the module's surviving mutants pending again (their results deleted), so that the next exec runs them
+    against the current tests; the killed ones keep their results."""
+    import sqlite3
+    with sqlite3.connect(db) as con:
+        return con.execute("DELETE FROM work_results WHERE test_outcome = 'SURVIVED'").rowcount
+
+
 def run_module(module: str, work: Path, tree: Path, timeout: float, deadline: float, sample: int = 0,
                seed: int = 0) -> None:
     cfg, db = work / f"{module}.toml", work / f"{module}.sqlite"
@@ -240,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
                    "the module's session is made")
     p.add_argument("--seed", type=int, default=0, help="the random draw of --sample")
     p.add_argument("--report", action="store_true", help="only print the table of what has run so far")
+    p.add_argument("--retest-survivors", action="store_true", help="copy this checkout's code and tests into the "
+                   "work tree again and run the surviving mutants once more (after new tests)")
     p.add_argument("--planted", action="store_true", help="plant each bug of PLANTED and run the tests meant to catch it")
     p.add_argument("--only", default="", help="with --planted: these bugs only (comma-separated names)")
     args = p.parse_args(argv)
@@ -259,7 +270,12 @@ def main(argv: list[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     tree = args.work / "tree"
     if not args.report:
-        if not all((args.work / f"{m}.sqlite").exists() for m in modules) or not tree.exists():
+        if args.retest_survivors:
+            for m in modules:
+                if (args.work / f"{m}.sqlite").exists():
+                    print(f"[{m}] {reopen_survivors(args.work / f'{m}.sqlite')} survivors to run again", file=sys.stderr)
+        if args.retest_survivors or not all((args.work / f"{m}.sqlite").exists() for m in modules) \
+                or not tree.exists():
             copy_tree(tree)  # a fresh session starts from this checkout's code
         deadline = time.monotonic() + 60 * args.max_minutes
         for m in modules:

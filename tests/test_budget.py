@@ -135,3 +135,14 @@ def test_cli_budget_chooses_a_configuration(tiny_model_dir, data_dir, tmp_path, 
     assert "fastest -> p0" in captured.err and "A: " in captured.out
     assert main(["eval", "--model", str(tiny_model_dir), "--budget", "3x"]) == 2
     assert "run `quala search" in capsys.readouterr().err
+
+
+def test_point_names_are_matched_exactly_and_described_with_their_latency():
+    from quala.budget import is_point_name
+    configs = [point(f"p{i}", (1.0 - 0.05 * i,) * 3, 4.0 - 0.2 * i, 80.0 - i) for i in range(12)]
+    front = Front(configs)
+    assert front.point("p10") is configs[10] and front.point("p1") is configs[1] and front.point("p12") is None
+    assert "9.0 ms (torch-fp32)" in point("p1", (0.5,) * 3, 2.0, 79.0, 9.0).describe()
+    assert " ms" not in point("p1", (0.5,) * 3, 2.0, 79.0).describe()
+    assert [is_point_name(t) for t in ("", "p", "p0", "p12", "px", "p\u0661")] == [False, False, True, True, False,
+                                                                                     False]

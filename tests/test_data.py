@@ -108,3 +108,69 @@ def test_collate_pads_dynamically_and_batches_group_by_length(tokenizer, dev_exa
     batches = length_grouped_batches(lens, 4)
     assert sorted(i for b in batches for i in b) == list(range(len(feats)))
     assert all(lens[b[0]] >= lens[b[-1]] for b in batches)
+
+
+def test_answer_fields_are_checked_and_an_answer_found_at_the_very_start_is_kept(tmp_path):
+    with pytest.raises(QualaError, match="needs 'text' and 'answer_start'"):
+        load_squad(write(tmp_path, squad(answers=[{"text": "Paris", "answer_start": "0"}])))
+    ex = load_squad(write(tmp_path, squad(context="Paris is big.", answers=[{"text": "Paris", "answer_start": 5}])))
+    assert ex[0].answer_starts == [0]  # the offset was wrong; the text's only copy starts at character 0
+
+
+def test_limit_reads_exactly_that_many_questions(tmp_path):
+    obj = squad()
+    obj["data"][0]["paragraphs"][0]["qas"] += [dict(obj["data"][0]["paragraphs"][0]["qas"][0], id=f"q{i}")
+                                               for i in (2, 3)]
+    path = write(tmp_path, obj)
+    assert [e.id for e in load_squad(path, limit=2)] == ["q1", "q2"] and len(load_squad(path)) == 3
+
+
+def test_a_zero_heldout_fraction_holds_out_nothing_and_a_tiny_one_at_least_an_article(dev_examples):
+    from quala.data import split_articles
+    assert split_articles(dev_examples, 0.0) == (dev_examples, [])
+    train, heldout = split_articles(dev_examples, 1e-6)
+    assert len({e.title for e in heldout}) == 1 and len(train) + len(heldout) == len(dev_examples)
+
+
+def test_windows_default_to_384_tokens_and_questions_to_64(tokenizer):
+    long_question = " ".join(["where"] * 100) + "?"
+    ex = Example("q", long_question, " ".join(["river"] * 600), ["river"], [0])
+    features = make_features([ex], tokenizer)
+    assert max(len(f) for f in features) == 384
+    assert int((features[0].token_type_ids == 0).sum()) == 64 + 2  # [CLS], 64 question tokens, [SEP]
+
+
+def test_an_answer_on_the_first_or_last_context_token_of_a_window_is_inside_it():
+    offsets = np.array([[-1, -1], [0, 5], [6, 8], [-1, -1]])
+    assert answer_tokens(Example("q", "?", "Paris is", ["Paris"], [0]), offsets) == (1, 1)
+    assert answer_tokens(Example("q", "?", "Paris is", ["is"], [6]), offsets) == (2, 2)
+
+
+def test_no_valid_span_gives_the_empty_answer_with_zero_score_and_logit(tokenizer):
+    from quala.data import Answer
+    ex = Example("q", "Which?", "Alpha beta gamma delta.", ["gamma"], [11])
+    feats = make_features([ex], tokenizer)
+    n = len(feats[0])
+    start, end = np.zeros(n), np.zeros(n)
+    assert postprocess([ex], feats, [start], [end], n_best=1)[0] == Answer("", 0.0, 0, 0, 0.0)  # [CLS] only
+
+
+def test_spans_longer_than_max_answer_length_are_never_chosen(tokenizer):
+    ex = Example("q", "Which?", "one two three four five six seven eight nine ten", ["two"], [4])
+    feats = make_features([ex], tokenizer)
+    context = np.nonzero(feats[0].offsets[:, 0] >= 0)[0]
+    n = len(feats[0])
+    start, end = np.zeros(n), np.zeros(n)
+    start[context[1]], end[context[6]] = 9.0, 9.0  # "two ... seven": 6 tokens
+    assert postprocess([ex], feats, [start], [end], max_answer_length=3)[0].text != "two three four five six seven"
+    assert postprocess([ex], feats, [start], [end], max_answer_length=6)[0].text == "two three four five six seven"
+
+
+def test_scores_are_the_softmax_over_the_20_best_spans(tokenizer, dev_examples):
+    from quala.data import ranked_answers
+    feats = make_features(dev_examples[:1], tokenizer, 128, 48)[:1]
+    rng = np.random.default_rng(0)
+    start, end = [rng.normal(size=len(feats[0]))], [rng.normal(size=len(feats[0]))]
+    score = postprocess(dev_examples[:1], feats, start, end)[0].score
+    assert score == ranked_answers(dev_examples[:1], feats, start, end, n_best=20)[0][0].score
+    assert score != ranked_answers(dev_examples[:1], feats, start, end, n_best=19)[0][0].score

@@ -57,3 +57,14 @@ def test_cli_prices_real_lengths_and_windows_padded_as_the_original_work_timed(t
     assert padded.startswith("real tokens per feature: mean ") and "padded to 128:" in padded
     # fixed token counts cut a window padded to 128 tokens by more than the same counts cut the real lengths
     assert float(padded.split(", ")[-1].split("x")[0]) > float(real.split(", ")[-1].split("x")[0]) > 1.0
+
+
+def test_mean_of_one_or_no_feature_and_the_cli_reference_lines(capsys):
+    from quala.flops import main
+    c = tiny_config()
+    assert mean_gmacs(c, None, []) == 0.0
+    assert mean_gmacs(c, None, [7]) == pytest.approx(forward_macs(c, None, 7) / 1e9, rel=1e-12)
+    main([])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "BERT-base       384 tokens: 35.33 GMACs (70.67 GFLOPs as 2*MACs)"
+    assert out[1] == "MiniLM-L6-H384  384 tokens: 4.76 GMACs (9.51 GFLOPs as 2*MACs)"
