@@ -296,3 +296,18 @@ def test_keeping_the_most_attended_half_beats_keeping_the_least_attended_half(re
     f1 = {r: evaluate(TorchPredictor(release_model, ranking=r), tokenizer, heldout, half, 16, c.max_seq_length,
                       c.doc_stride, c.max_query_length, progress=False).f1 for r in ("attention", "least")}
     assert f1["attention"] > f1["least"] + 20, f1  # measured 47.5 against 13.7
+
+
+def test_weights_that_do_not_match_name_the_first_five_missing(tiny_model_dir, tmp_path):
+    import shutil
+    from safetensors.torch import load_file, save_file
+    d = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, d)
+    state = load_file(str(d / "model.safetensors"))
+    dropped = sorted(k for k in state if "layer.0." in k or "layers.0." in k)[:7]
+    assert len(dropped) == 7
+    save_file({k: v for k, v in state.items() if k not in dropped}, str(d / "model.safetensors"))
+    with pytest.raises(QualaError, match="weights do not match the config") as e:
+        QualaForQuestionAnswering.from_pretrained(d)
+    missing = str(e.value).split("missing [")[1].split("]")[0]
+    assert missing.count("'") == 2 * 5

@@ -198,3 +198,63 @@ def test_bf16_logits_follow_fp32_on_the_trained_model(release_model, tokenizer, 
         assert 0 < error.max() < 0.5 and error.mean() < 0.05  # bf16 did run, and stays close
         assert (f.argmax(1) == h.argmax(1)).mean() >= 0.9
     assert np.array_equal(fp32[2], bf16[2])
+
+
+def test_cpu_description_names_the_instruction_sets(monkeypatch):
+    from quala import runtime
+    cpuinfo = "model name\t: Test CPU\ncpu family\t: 25\nmodel\t: 1\nflags\t: fpu {}\n\nprocessor\t: 1\n"
+    monkeypatch.setattr(runtime.Path, "read_text", lambda self: cpuinfo.format("avx2 avx512_vnni amx_int8"))
+    assert runtime.cpu_description().startswith("Test CPU (family 25 model 1), ")
+    assert runtime.cpu_description().endswith(" avx2 avx512_vnni amx_int8")
+    monkeypatch.setattr(runtime.Path, "read_text", lambda self: cpuinfo.format("sse4_2"))
+    assert runtime.cpu_description().endswith(", no AVX2")
+
+
+def test_only_per_tensor_dynamic_int8_depends_on_batch_mates(onnx_dir):
+    config = load_predictor(onnx_dir)[2]
+    assert not OnnxPredictor(onnx_dir / "model.int8.onnx", config).batch_invariant
+    assert OnnxPredictor(onnx_dir / "model.onnx", config).batch_invariant
+
+
+def test_a_graph_with_other_layers_than_the_config_is_refused(onnx_dir):
+    from dataclasses import replace
+    config = load_predictor(onnx_dir)[2]
+    with pytest.raises(QualaError, match="the graph has 3 layers; config.json says num_hidden_layers=2"):
+        OnnxPredictor(onnx_dir / "model.onnx", replace(config, num_hidden_layers=2))
+
+
+def test_only_runs_of_more_tokens_than_the_limit_shrink_the_arena(onnx_dir, features):
+    from quala.runtime import run_micro_batches
+    import onnxruntime as ort
+    session = ort.InferenceSession(str(onnx_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    seen = []
+
+    class Recording:  # the real session, noting which runs got the arena-shrinking run options
+        def run(self, outputs, feed, options=None):
+            seen.append((feed["input_ids"].size, options is not None))
+            return session.run(outputs, feed, options)
+
+    b = collate(features[:4])
+    feed = {"input_ids": b["input_ids"], "attention_mask": b["attention_mask"],
+            "token_type_ids": b["token_type_ids"], "token_counts": np.repeat(b["attention_mask"].sum(1)[:, None], 3, 1)}
+    run_micro_batches(Recording(), feed, 1, 2, release_above_tokens=int(np.median(b["attention_mask"].sum(1))))
+    limit = int(np.median(b["attention_mask"].sum(1)))
+    assert [shrunk for _, shrunk in seen] == [size > limit for size, _ in seen] and any(s for _, s in seen)
+    seen.clear()
+    run_micro_batches(Recording(), feed, 1, 2)
+    assert not any(s for _, s in seen)
+
+
+def test_runtime_and_dtype_choices_and_their_messages(onnx_dir, tmp_path):
+    from quala.runtime import choose_runtime
+    assert choose_runtime(onnx_dir, "torch", "bf16") == "torch"
+    with pytest.raises(QualaError, match="bf16 runs on the torch runtime only, not onnx"):
+        choose_runtime(onnx_dir, "onnx", "bf16")
+    shutil.copy(onnx_dir / "config.json", tmp_path / "config.json")
+    with pytest.raises(QualaError, match="; bf16 needs model.safetensors"):
+        choose_runtime(tmp_path, "auto", "bf16")
+    with pytest.raises(QualaError, match=r"model.safetensors\)$"):
+        choose_runtime(tmp_path, "auto", "fp32")
+    from quala.evaluate import TorchPredictor
+    name = "".join(["tor", "ch"])  # a runtime name read from a command line is not an interned literal
+    assert isinstance(load_predictor(onnx_dir, name)[0], TorchPredictor)
