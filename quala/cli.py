@@ -184,10 +184,11 @@ def cmd_fit_scorer(args) -> None:
     from quala.scorer import fit_dir
     path = fit_dir(args.model, args.questions, str(args.train_file or ""), args.heldout_fraction)
     print(f"scorer weights written to {path}")
-    if not args.keep_ranking:
-        config = ModelConfig.from_dict(read_json(args.model / "config.json"))
-        config.ranking = "learned"
-        write_json_atomic(args.model / "config.json", config.to_dict())
+    if not args.keep_ranking:  # only quala.ranking changes: other keys (e.g. transformers' "dtype") stay as they are
+        raw = read_json(args.model / "config.json")
+        ModelConfig.from_dict(raw)  # a config quala can read
+        raw.setdefault("quala", {})["ranking"] = "learned"
+        write_json_atomic(args.model / "config.json", raw)
         print(f"{args.model / 'config.json'}: ranking 'learned' (export bakes it into the graph)")
 
 
@@ -222,7 +223,7 @@ def add_onnx_parsers(sub) -> None:
                    help="training questions to fit on, spread over the training articles (default 2000)")
     p.add_argument("--train-file", type=Path, default=None,
                    help="SQuAD v1.1 file (default: the model's training file, else the shared train set)")
-    p.add_argument("--heldout-fraction", type=float, default=None,
+    p.add_argument("--heldout-fraction", type=fraction, default=None,
                    help="articles held out for the search, left out here (default: the model's training setting)")
     p.add_argument("--keep-ranking", action="store_true", help="write the scorers, leave config.json's ranking")
     p.set_defaults(func=cmd_fit_scorer)

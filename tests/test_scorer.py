@@ -109,10 +109,14 @@ def test_fit_scorer_command_makes_learned_the_models_ranking_in_eager_and_onnx(t
     from quala.runtime import OnnxPredictor
     d = tmp_path / "m"
     shutil.copytree(tiny_model_dir, d)
+    import json
+    raw = json.loads((d / "config.json").read_text()) | {"dtype": "float32"}  # a key quala does not model
+    (d / "config.json").write_text(json.dumps(raw))
     assert main(["fit-scorer", "--model", str(d), "--train-file", str(data_dir / "train.json"), "--questions", "20",
                  "--heldout-fraction", "0.25"]) == 0
     model = QualaForQuestionAnswering.from_pretrained(d)
     assert model.config.ranking == "learned" and all(layer.scorer is not None for layer in model.layers)
+    assert json.loads((d / "config.json").read_text())["dtype"] == "float32"  # only quala.ranking changed
     ids, mask, types = batch(4, 50, seed=5)
     lc = LengthConfig((0.8, 0.4, 0.2))
     with torch.no_grad():
