@@ -205,19 +205,19 @@ def build_rows(args, model_dir: Path, config: ModelConfig, scratch: Path) -> lis
     model = QualaForQuestionAnswering.from_pretrained(model_dir)
     bert_base = BertForQuestionAnswering(BertConfig())
     int8 = quala_int8(model_dir, config, scratch, args.threads)
-    rows = [dict(name="BERT-base fp32 PyTorch (random init)", predictor=HFTorch(bert_base), lc=None, f1=False,
+    rows = [dict(name="BERT-base fp32 PyTorch (random init)", predictor=HFTorch(bert_base), lc=None, f1=False, padded=True,
                  config=ModelConfig(hidden_size=768, num_hidden_layers=12, intermediate_size=3072)),
             dict(name="MiniLM full, transformers forward fp32", predictor=HFTorch(
                 BertForQuestionAnswering.from_pretrained(str(model_dir))), lc=None),
             dict(name="MiniLM full, ORT quantize_dynamic (plain HF export)",
-                 predictor=hf_dynamic_int8(model_dir, scratch, args.threads), lc=None),
+                 predictor=hf_dynamic_int8(model_dir, scratch, args.threads), lc=None, padded=True),
             dict(name="MiniLM full, same, ORT SkipLayerNormFusion off (quala's session setting)",
                  predictor=HFOnnx(scratch / "hf.int8.onnx", args.threads, DISABLED_FUSIONS), lc=None),
             dict(name=f"MiniLM full, same, and micro-batches of {MICRO_BATCH} (quala's runtime setting)",
                  predictor=HFOnnx(scratch / "hf.int8.onnx", args.threads, DISABLED_FUSIONS, MICRO_BATCH), lc=None),
             dict(name="quala fp32 PyTorch", predictor=TorchPredictor(model), lc=None),
             dict(name="quala bf16 PyTorch autocast", predictor=TorchPredictor(model, "bf16"), lc=None),
-            dict(name="quala INT8 ORT", predictor=int8, lc=None, int8=True),
+            dict(name="quala INT8 ORT", predictor=int8, lc=None, int8=True, padded=True),
             dict(name="quala INT8 ORT, one run per batch (no micro-batches)",
                  predictor=quala_int8(model_dir, config, scratch, args.threads, micro_batch=10**9), lc=None,
                  int8=True)]
@@ -228,7 +228,7 @@ def build_rows(args, model_dir: Path, config: ModelConfig, scratch: Path) -> lis
     configs = parse_configs(args.length_configs, model_dir)
     for name, lc in configs:
         lc.check(config.num_hidden_layers, config.max_seq_length)
-        rows.append(dict(name=f"quala INT8 ORT, {name}", predictor=int8, lc=lc, int8=True))
+        rows.append(dict(name=f"quala INT8 ORT, {name}", predictor=int8, lc=lc, int8=True, padded=True))
     if args.per_row:
         fresh, rows_graph = fresh_int8(model_dir, config, scratch, args.threads)
         rows.append(dict(name="quala INT8 ORT, this version's export (layer skips in the graph)", predictor=fresh,
@@ -270,12 +270,10 @@ def padded(features: list, width: int) -> list:
 
 
 def padded_rows(rows: list[dict], width: int) -> list[dict]:
-    """BERT-base, the plain dynamic-INT8 export and quala's INT8 rows (configurations as token counts of `width`)."""
-    keep = [r for r in rows if r is rows[0] or r["name"].startswith("MiniLM full, ORT quantize_dynamic")
-            or (r.get("int8") and "per-row" not in r["name"] and "this version" not in r["name"]
-                and "one run per batch" not in r["name"] and "static" not in r["name"])]
+    """The rows built with padded=True (BERT-base, the plain dynamic-INT8 export, quala's INT8 graph at full length and
+    at each configuration, now as token counts of `width`)."""
     out = []
-    for r in keep:
+    for r in (r for r in rows if r.get("padded")):
         lc = r["lc"]
         if lc is not None and lc.unit == "ratio":
             lc = LengthConfig(tuple(round(v * width) for v in lc.values), "tokens")

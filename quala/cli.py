@@ -179,14 +179,12 @@ def cmd_export(args) -> None:
 
 
 def cmd_fit_scorer(args) -> None:
-    from quala.config import ModelConfig
     from quala.files import read_json, write_json_atomic
     from quala.scorer import fit_dir
     path = fit_dir(args.model, args.questions, str(args.train_file or ""), args.heldout_fraction)
     print(f"scorer weights written to {path}")
     if not args.keep_ranking:  # only quala.ranking changes: other keys (e.g. transformers' "dtype") stay as they are
-        raw = read_json(args.model / "config.json")
-        ModelConfig.from_dict(raw)  # a config quala can read
+        raw = read_json(args.model / "config.json")  # read and checked by fit_dir's model load
         raw.setdefault("quala", {})["ranking"] = "learned"
         write_json_atomic(args.model / "config.json", raw)
         print(f"{args.model / 'config.json'}: ranking 'learned' (export bakes it into the graph)")

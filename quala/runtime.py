@@ -5,6 +5,8 @@ length configuration: switching configuration per call costs nothing.
 """
 from __future__ import annotations
 
+import functools
+
 import os
 from pathlib import Path
 
@@ -128,11 +130,8 @@ def run_micro_batches(session, feed: dict[str, np.ndarray], size: int, token_out
     """session.run over micro-batches of `size` rows; the first `token_outputs` outputs (B, width, ...) are padded
     back to the batch's width with PAD_LOGIT (postprocessing never reads past a feature's length). A micro-batch of
     more than release_above_tokens (rows x width) shrinks the CPU arena after its run."""
-    import onnxruntime as ort
-    release = ort.RunOptions()
-    release.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
     width = feed["input_ids"].shape[1]
-    parts = [session.run(None, chunk, release if release_above_tokens is not None
+    parts = [session.run(None, chunk, arena_shrinkage() if release_above_tokens is not None
                          and chunk["input_ids"].size > release_above_tokens else None)
              for chunk in micro_batches(feed, size)]
     outputs = []
@@ -143,6 +142,15 @@ def run_micro_batches(session, feed: dict[str, np.ndarray], size: int, token_out
                              constant_values=PAD_LOGIT) for a in arrays]
         outputs.append(np.concatenate(arrays))
     return outputs
+
+
+@functools.cache
+def arena_shrinkage():
+    """ONNX Runtime run options that hand the CPU arena's growth back after the run."""
+    import onnxruntime as ort
+    options = ort.RunOptions()
+    options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    return options
 
 
 def micro_batches(feed: dict[str, np.ndarray], size: int):

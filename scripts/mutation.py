@@ -135,8 +135,8 @@ def annotation_spans(source: Path) -> list[tuple[tuple[int, int], tuple[int, int
     return spans
 
 
-def in_annotation(spec, spans) -> bool:
-    start, end = tuple(spec["start_pos"]), tuple(spec["end_pos"])
+def in_annotation(start, end, spans) -> bool:
+    start, end = tuple(start), tuple(end)
     return any(lo <= start and end <= hi for lo, hi in spans)
 
 
@@ -147,8 +147,7 @@ def skip_equivalent(db: Path, source: Path) -> None:
     spans = annotation_spans(source)
     with use_db(str(db), WorkDB.Mode.open) as wdb:
         ids = [item.job_id for item in wdb.pending_work_items
-               if in_annotation({"start_pos": item.mutations[0].start_pos, "end_pos": item.mutations[0].end_pos},
-                                spans)]
+               if in_annotation(item.mutations[0].start_pos, item.mutations[0].end_pos, spans)]
         wdb.set_multiple_results(ids, WorkResult(worker_outcome=WorkerOutcome.SKIPPED))
 
 
@@ -201,7 +200,7 @@ def outcomes(db: Path, tree: Path, module: str) -> list[dict]:
         spec = item["mutations"][0]
         outcome = None if result is None else result["worker_outcome"] if result["worker_outcome"] in (
             "timeout", "skipped") else result["test_outcome"]
-        if outcome == "skipped" and in_annotation(spec, spans):
+        if outcome == "skipped" and in_annotation(spec["start_pos"], spec["end_pos"], spans):
             outcome = "equivalent"
         rows.append({"line": spec["start_pos"][0], "operator": spec["operator_name"].split("/")[-1],
                      "occurrence": spec["occurrence"], "outcome": outcome, "diff": (result or {}).get("diff") or ""})
