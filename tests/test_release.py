@@ -110,3 +110,10 @@ def test_the_shipped_model_fine_tunes_on_a_squad_file(float_model, data_dir, tmp
     assert isinstance(predictor, TorchPredictor) and config.extra["stage"] == "lengthdrop"
     (best,), = answer_questions(predictor, tokenizer, [("Which ocean does the Amazon reach?", CONTEXT)])
     assert best.text.rstrip(".") in ("the Atlantic Ocean", "Atlantic Ocean", "Atlantic")
+
+
+def test_every_point_of_the_shipped_front_is_timed_so_latency_budgets_work():
+    from quala.budget import read_front, select
+    front = read_front(default_model_dir())
+    assert all(p.latency_ms and p.latency_ms > 0 for p in front.configs + [front.full])
+    assert select(front, "1000ms") is front.point(front.named["accurate"])
