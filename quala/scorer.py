@@ -46,18 +46,21 @@ def fit(model: QualaForQuestionAnswering, features: list[Feature], batch_size: i
     h = model.config.hidden_size
     xtx = [np.zeros((2 * h + 1, 2 * h + 1)) for _ in range(layers)]
     xty = [np.zeros(2 * h + 1) for _ in range(layers)]
+    device = next(model.parameters()).device
 
     for idx in length_grouped_batches([len(f) for f in features], batch_size):
         batch = collate([features[i] for i in idx])
-        ids, mask, types = (torch.as_tensor(batch[k]) for k in ("input_ids", "attention_mask", "token_type_ids"))
+        ids, mask, types = (torch.as_tensor(batch[k], device=device)
+                            for k in ("input_ids", "attention_mask", "token_type_ids"))
         with torch.no_grad():
             out = model(ids, mask, types)
-            states = layer_inputs(model, ids, mask, types)
+            out = [o.float().cpu() for o in (out.start_logits, out.end_logits)]
+            states = [(x.float().cpu(), c.float().cpu()) for x, c in layer_inputs(model, ids, mask, types)]
         for row, i in enumerate(idx):
             f = features[i]
             n = len(f)
             context = f.offsets[:, 0] >= 0
-            y = targets(out.start_logits[row, :n].numpy(), out.end_logits[row, :n].numpy(), context)
+            y = targets(out[0][row, :n].numpy(), out[1][row, :n].numpy(), context)
             for layer, (x, ctx) in enumerate(states):
                 a = np.concatenate([x[row, :n].numpy(), ctx[row, :n].numpy(), np.ones((n, 1))], 1)
                 xtx[layer] += a.T @ a

@@ -26,7 +26,7 @@ from quala.config import LengthConfig, QualaError, squad_path
 from quala.data import collate, length_grouped_batches, load_squad, make_features, split_articles
 from quala.evaluate import TorchPredictor, evaluate
 from quala.files import atomic_write
-from quala.modeling import QualaForQuestionAnswering, load_tokenizer
+from quala.modeling import QualaForQuestionAnswering, attach_scorers, load_tokenizer
 
 MASKED = -1e4  # logit for padding positions: far below any real logit, yet finite (no inf * 0 = nan in KL)
 
@@ -135,6 +135,9 @@ class Trainer:
         model = QualaForQuestionAnswering.from_pretrained(init_model)
         model.config.max_seq_length, model.config.doc_stride = cfg.max_seq_length, cfg.doc_stride
         model.config.max_query_length = cfg.max_query_length
+        for layer in model.layers:  # the learned ranking's scorers are fitted, not trained (see refit_scorers)
+            if layer.scorer is not None:
+                layer.scorer.requires_grad_(False)
         self.model = model.to(self.device).train()
         self.ddp = self.model
         if self.world > 1:
@@ -158,8 +161,9 @@ class Trainer:
         self.total_steps = max(1, math.ceil(epochs * self.batches_per_epoch))
         if cfg.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.max_steps)
-        decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2]
-        no_decay = [p for n, p in self.model.named_parameters() if p.ndim < 2]
+        trained = [p for p in self.model.parameters() if p.requires_grad]
+        decay = [p for p in trained if p.ndim >= 2]
+        no_decay = [p for p in trained if p.ndim < 2]
         self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
         warmup = int(cfg.warmup_ratio * self.total_steps)
@@ -349,12 +353,26 @@ class Trainer:
         self.save_checkpoint()
         return not stop
 
+    def refit_scorers(self, features: int = 2000) -> None:
+        """Fit the learned ranking's scorers again on the trained weights. Top-k selection passes no gradient to
+        them, so they rank with the states they were fitted on while the weights move; a refit at the end keeps
+        the saved model's ranking true to its saved weights. Training features only, spread over the set."""
+        from quala import scorer
+        picked = self.features[:: max(1, len(self.features) // features)][:features]
+        t0 = time.perf_counter()
+        attach_scorers(self.model, [s.to(self.device).requires_grad_(False) for s in
+                                    scorer.fit(self.model, picked)])
+        print(f"{self.stage}: learned ranking's scorers fitted again on {len(picked)} training features "
+              f"({time.perf_counter() - t0:.0f} s)")
+
     def finish(self) -> dict:
         """Save the model directory and score it on dev (full length, and shorter configurations after LengthDrop)."""
         if self.rank != 0:
             torch.distributed.barrier()  # wait until rank 0 has saved the model the next stage starts from
             return {}
         self.model.eval()
+        if self.model.config.ranking == "learned":
+            self.refit_scorers()
         self.model.config.extra = {"trained_by": "quala train", "stage": self.stage, "steps": self.step,
                                    "train_config": asdict(self.cfg)}
         self.model.save_pretrained(self.out)

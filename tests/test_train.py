@@ -253,3 +253,43 @@ def test_sigterm_saves_a_checkpoint_that_resumes_exactly(tiny_model_dir, data_di
     for name in a:
         assert torch.allclose(a[name], b[name], atol=1e-6), name
     assert '"steps": 6' in (tmp_path / "b" / "train_done.json").read_text()
+
+
+# ---- the learned ranking ------------------------------------------------------------------------------------------
+def learned_model_dir(tiny_model_dir, tmp_path) -> Path:
+    import shutil
+
+    from quala.modeling import load
+    from tests.test_scorer import random_scorers
+    d = tmp_path / "learned"
+    shutil.copytree(tiny_model_dir, d)
+    model, _ = load(d)
+    model.config.ranking = "learned"
+    from quala.modeling import attach_scorers
+    attach_scorers(model, random_scorers(model, seed=3)).save_pretrained(d)
+    return d
+
+
+def test_lengthdrop_with_the_learned_ranking_ranks_by_fixed_scorers_and_refits_them_at_the_end(
+        tiny_model_dir, data_dir, tmp_path):
+    """Sub-models rank by the scorers (they run in every sub-model), the scorers stay as fitted while the encoder
+    trains, and the saved model carries scorers fitted again on its final weights."""
+    from quala import scorer
+    t = make_trainer(learned_model_dir(tiny_model_dir, tmp_path), data_dir, tmp_path / "out", "lengthdrop",
+                     max_steps=4, eval_limit=4, layer_dropout_prob=0.0)
+    before = [layer.scorer.weight.detach().clone() for layer in t.model.layers]
+    calls = []
+    t.model.layers[1].scorer.register_forward_hook(lambda m, inp, out: calls.append(out.shape))
+    trained = t.model.layers[1].ffn_in.weight.detach().clone()
+    assert t.run()
+    assert len(calls) == 4 * 3  # every step: the smallest and two random sub-models rank with it
+    assert not torch.equal(trained, t.model.layers[1].ffn_in.weight)
+    assert all(torch.equal(b, layer.scorer.weight) for b, layer in zip(before, t.model.layers))
+    t.finish()
+    saved = QualaForQuestionAnswering.from_pretrained(tmp_path / "out")
+    assert saved.config.ranking == "learned"
+    step = max(1, len(t.features) // 2000)
+    expected = scorer.fit(saved, t.features[::step][:2000])
+    for layer, want, old in zip(saved.layers, expected, before):
+        assert torch.allclose(layer.scorer.weight, want.weight, atol=1e-5)
+        assert not torch.allclose(layer.scorer.weight, old, atol=1e-3)
