@@ -8,9 +8,11 @@ the reference answers, then runs one row per attack: a quiet row, then each atta
 normal clients ask questions back to back. Per row it prints the normal clients' requests, errors, answers that
 differ from the reference, p50/p99 and p99 over the quiet row's p99; the slowest /health (a fresh connection every
 100 ms) and its failures; the server's RSS at the start and 2 s after the row; the log's growth and its
-tracebacks; how long the server stayed busy after the row (until a normal request is quick again); and the attack's
-own outcome. Bounded: each row lasts --seconds (the connection flood --flood-seconds), every attack is capped in
-count and size, leftover work is waited for at most --settle-seconds. Loopback only.
+tracebacks; how long the server stayed busy after the row (until a normal request is quick again); the CPU the
+server and the attacker used (cores busy on average: on a 2-core machine the attacker's share is taken from the
+server; --attacker-nice lowers its priority); and the attack's own outcome. Bounded: each row lasts --seconds (the
+connection flood --flood-seconds), every attack is capped in count and size, leftover work is waited for at most
+--settle-seconds. Loopback only.
 """
 from __future__ import annotations
 
@@ -298,11 +300,20 @@ async def attack_aborts(url: str, seconds: float, ctx: dict) -> str:
 
 
 def run_attack(name: str, url: str, seconds: float, ctx: dict, out) -> None:
+    """One attack in this process, at the niceness --attacker-nice adds; sends (outcome line, CPU seconds used)."""
+    os.nice(ctx["attacker_nice"])
     fn = globals()["attack_" + name.replace("-", "_")]
     try:
-        out.send(asyncio.run(fn(url, seconds, ctx)))
+        line = asyncio.run(fn(url, seconds, ctx))
     except Exception as e:  # the outcome line says what went wrong; the row still prints
-        out.send(f"attack failed: {type(e).__name__}: {e}")
+        line = f"attack failed: {type(e).__name__}: {e}"
+    out.send((line, time.process_time()))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a live process (/proc/PID/stat fields 14 and 15, in clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # ---- rows ------------------------------------------------------------------------------------------------------
@@ -332,7 +343,7 @@ def tracebacks(log: Path, start: int) -> tuple[int, int]:
 
 def row(name: str, proc: subprocess.Popen, url: str, log: Path, items: list[dict], reference: list[str],
         seconds: float, ctx: dict, quick_ms: float) -> dict:
-    rss0, log0 = rss_mb(proc.pid), log.stat().st_size
+    rss0, log0, cpu0, t0 = rss_mb(proc.pid), log.stat().st_size, cpu_seconds(proc.pid), time.monotonic()
     stop_health, health = threading.Event(), {}
     prober = threading.Thread(target=health_probe, args=(int(url.rsplit(":", 1)[1]), stop_health, health))
     prober.start()
@@ -349,11 +360,15 @@ def row(name: str, proc: subprocess.Popen, url: str, log: Path, items: list[dict
         return await normal_clients(url, items, reference, stop)
 
     result = asyncio.run(clients())
+    server_cpu = (cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - t0)
     stop_health.set()
     prober.join()
+    attacker_cpu = 0.0
     if attacker is not None:
         attacker.join(ctx["settle_seconds"])
-        outcome = here.recv() if here.poll(1) else "still running at the end of the row (stopped)"
+        outcome, attacker_cpu = here.recv() if here.poll(1) else ("still running at the end of the row (stopped)",
+                                                                   float("nan"))
+        attacker_cpu /= seconds
         if attacker.is_alive():
             attacker.kill()
             attacker.join()
@@ -361,7 +376,8 @@ def row(name: str, proc: subprocess.Popen, url: str, log: Path, items: list[dict
     time.sleep(2)
     grown, traces = tracebacks(log, log0)
     return dict(result, attack=name, outcome=outcome, rss0=rss0, rss1=rss_mb(proc.pid), log_kb=grown / 1024,
-                tracebacks=traces, busy_s=busy, alive=proc.poll() is None, **health)
+                tracebacks=traces, busy_s=busy, alive=proc.poll() is None, server_cpu=server_cpu,
+                attacker_cpu=attacker_cpu, **health)
 
 
 def long_context(tokenizer_dir: str, windows: int) -> tuple[str, int]:
@@ -397,6 +413,9 @@ def main() -> None:
     p.add_argument("--settle-seconds", type=float, default=90.0, help="longest wait for leftover work after a row")
     p.add_argument("--questions", type=int, default=64, help="distinct dev questions the normal clients ask")
     p.add_argument("--server-args", default="", help="more `quala serve` options, e.g. '--read-all'")
+    p.add_argument("--attacker-nice", type=int, default=0,
+                   help="run each attack at this much lower CPU priority (default 0: the attacker shares the "
+                        "server's cores as an equal; 19 comes closest, on one machine, to an attacker on its own)")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     attacks = [a for a in args.attacks.split(",") if a]
@@ -412,7 +431,7 @@ def main() -> None:
     long_text, long_windows = long_context(model, args.long_windows)
     ctx = {"huge_words": args.huge_words, "long": long_text, "long_windows": long_windows,
            "short": examples[0].context, "flood_connections": args.flood_connections,
-           "settle_seconds": args.settle_seconds}
+           "settle_seconds": args.settle_seconds, "attacker_nice": args.attacker_nice}
     log = Path(tempfile.mkdtemp(prefix="quala-abuse-")) / "server.log"
     proc, url = start_server(model, args.server_dir.resolve(), log, shlex.split(args.server_args))
     rows = []
@@ -441,14 +460,17 @@ def main() -> None:
     quiet = rows[0]["p99"]
     print(f"server {args.server_dir.resolve()} ({model}) {args.server_args}, {url}; CPU: {cpu_description()}")
     print(f"8 normal clients, {args.questions} dev questions (default budget), {args.seconds:.0f} s per row "
-          f"({args.flood_seconds:.0f} s for the connection flood); single request {quick_ms:.1f} ms\n")
+          f"({args.flood_seconds:.0f} s for the connection flood); single request {quick_ms:.1f} ms; attacker "
+          f"niceness +{args.attacker_nice}; CPU columns: cores busy on average during the row\n")
     print("| attack | normal requests | errors | wrong answers | p50 ms | p99 ms | p99 / quiet | /health max ms | "
-          "/health failures | RSS MB start -> after | log KB (tracebacks) | busy after s | attack outcome |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "/health failures | RSS MB start -> after | log KB (tracebacks) | busy after s | server CPU | "
+          "attacker CPU | attack outcome |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['attack']} | {r['requests']} | {r['errors']} | {r['wrong']} | {r['p50']:.0f} | {r['p99']:.0f} | "
               f"{r['p99'] / quiet:.1f} | {r['health_max_ms']:.0f} | {r['health_failures']}/{r['health_probes']} | "
               f"{r['rss0']:.0f} -> {r['rss1']:.0f} | {r['log_kb']:.0f} ({r['tracebacks']}) | {r['busy_s']:.1f} | "
+              f"{r['server_cpu']:.2f} | {r['attacker_cpu']:.2f} | "
               f"{r['outcome'] or '-'}{'' if r['alive'] else ' (SERVER DIED)'} |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))

@@ -1,7 +1,9 @@
 import asyncio
+import contextlib
 import itertools
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -509,29 +511,50 @@ def test_bad_batch_bodies_get_a_4xx_naming_the_item(client, body, status, messag
 
 
 # ---- connections: the guard on a live server ----------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def live(engine):
-    """A real uvicorn server on loopback with short deadlines and room for four connections."""
+@contextlib.contextmanager
+def running_server(engine, limits: Limits):
+    """A real uvicorn server (quala's) on a free loopback port, in a thread."""
     import socket
     import threading
 
-    import uvicorn
-
-    from quala.serve import server_config
+    from quala.serve import Server, server_config
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    limits = Limits(header_timeout_s=0.5, body_timeout_s=0.5, max_connections=4)
-    server = uvicorn.Server(server_config(create_app(engine), "127.0.0.1", port, limits, log_level="warning"))
+    server = Server(server_config(create_app(engine), "127.0.0.1", port, limits, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.05)
     assert server.started
-    yield port
-    server.should_exit = True
-    thread.join(10)
+    try:
+        yield server, port
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def live(engine):
+    """A live server with short deadlines and room for four connections."""
+    with running_server(engine, Limits(header_timeout_s=0.5, body_timeout_s=0.5, max_connections=4)) as (_, port):
+        yield port
+
+
+def test_the_kernel_queues_more_connections_than_one_accept_burst(engine):
+    """Bursts of ACCEPT_BURST keep the event loop free under a connection flood; the listening socket's own queue
+    (read back from the kernel: TCP_INFO of a listening socket gives its backlog in tcpi_sacked) stays deep."""
+    import socket
+    import struct
+
+    from quala.serve import ACCEPT_BURST, KERNEL_BACKLOG
+    somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    with running_server(engine, Limits()) as (server, _):
+        assert server.config.backlog == ACCEPT_BURST < KERNEL_BACKLOG
+        (listening,) = server.servers[0].sockets
+        info = listening.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+        assert struct.unpack_from("I", info, 28)[0] == min(KERNEL_BACKLOG, somaxconn) > ACCEPT_BURST
 
 
 def connect(port: int):
