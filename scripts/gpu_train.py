@@ -19,6 +19,12 @@ within a 550 s deadline (about 65 s of start-up before training: unpacking, toke
 is still warm (30 s), a second call can go on from the first one's result without carrying it:
 `run --out $OUT --start-from runs/gpu/lengthdrop ...` with carry [".carry/squad"].
 
+A model with the learned ranking (config "ranking": "learned") takes its scorers along and trains with them; the
+cheap half of the front wants sub-models down to 3.6x fewer MACs: `prepare --start-from quala/models/quala-minilm`,
+then `run --out $OUT --start-from start --lr-lengthdrop 2e-5 --warmup-ratio 0.02 --length-drop-ratio-bound 0.4`.
+A stage that ends normally fits the scorers again on its final weights; after one stopped early, run
+`quala fit-scorer --model DIR` on the unpacked directory.
+
 Stage 2's epochs are chosen from stage 1's measured throughput so that the run ends before --deadline; if it still
 runs late it gets SIGTERM, which `quala train` turns into a checkpoint, and the weights are taken from that.
 """
@@ -45,6 +51,7 @@ PIECE = 15 * 1024 * 1024
 WORD_EMBEDDINGS = "bert.embeddings.word_embeddings.weight"
 SHIPPED = ROOT / "quala" / "models" / "quala-minilm" / "model.int8.onnx"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+SCORERS = "scorer.safetensors"  # the learned ranking's, fp32: 19 KB
 
 
 def prepare(start_from: Path | None = None) -> None:
@@ -55,7 +62,7 @@ def prepare(start_from: Path | None = None) -> None:
     src = start_from or backbone_dir()
     dest = CARRY / ("start" if start_from else "backbone")
     dest.mkdir(parents=True, exist_ok=True)
-    for name in ("config.json",) + TOKENIZER_FILES:
+    for name in ("config.json", SCORERS) + TOKENIZER_FILES:
         if (src / name).exists():
             shutil.copy(src / name, dest / name)
     weights = {k: v.half() for k, v in load_file(str(src / "model.safetensors")).items()}
@@ -98,7 +105,8 @@ def start_dir(start_from: str, lengthdrop_out: Path) -> Path:
 def train(args, stage: str, init: Path, out: Path, epochs: float, lr: float, timeout: float, log: Path) -> int:
     cmd = [sys.executable, "-m", "quala.cli", "train", "--stage", stage, "--model", str(init), "--output", str(out),
            f"--epochs-{stage}", str(epochs), "--lr", str(lr), "--batch-size", str(args.batch_size),
-           "--eval-limit", str(args.eval_limit), "--checkpoint-minutes", "3", "--warmup-ratio", str(args.warmup_ratio)]
+           "--eval-limit", str(args.eval_limit), "--checkpoint-minutes", "3", "--warmup-ratio", str(args.warmup_ratio),
+           "--length-drop-ratio-bound", str(args.length_drop_ratio_bound)]
     cmd += ["--limit", str(args.limit)] if args.limit else []
     print(" ".join(cmd), flush=True)
     with open(log, "w") as f:
@@ -139,7 +147,7 @@ def pack(model_dir: Path, out: Path, extra: list[Path]) -> None:
     for i in range(0, len(blob), PIECE):
         (out / f"weights.fp16.part{i // PIECE}").write_bytes(blob[i: i + PIECE])
     with tarfile.open(out / "meta.tar.gz", "w:gz") as tar:
-        for p in [model_dir / "config.json", *[model_dir / n for n in TOKENIZER_FILES], *extra]:
+        for p in [model_dir / "config.json", model_dir / SCORERS, *[model_dir / n for n in TOKENIZER_FILES], *extra]:
             if p.exists():
                 tar.add(p, arcname=str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else p.name)
 
@@ -226,6 +234,8 @@ def main() -> None:
     r.add_argument("--lr-finetune", type=float, default=8e-5)
     r.add_argument("--lr-lengthdrop", type=float, default=5e-5)
     r.add_argument("--batch-size", type=int, default=32)
+    r.add_argument("--length-drop-ratio-bound", type=float, default=0.2,
+                   help="LengthDrop's ratio bound (0.4 trains sub-models down to 3.6x fewer MACs)")
     r.add_argument("--warmup-ratio", type=float, default=0.1)
     r.add_argument("--start-from", default=None, help="LengthDrop only, from a folder in .carry/ (an fp16 model) "
                    "or in the repository (runs/gpu/lengthdrop: the last call's result on a still-warm machine)")

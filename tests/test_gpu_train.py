@@ -54,3 +54,17 @@ def test_start_from_the_last_calls_output_moves_it_aside(tiny_model_dir, tmp_pat
     assert (src / "model.safetensors").is_file() and not (src / "checkpoint.pt").exists()
     with pytest.raises(SystemExit, match="no model.safetensors"):
         gpu_train.start_dir("runs/gpu/lengthdrop", out)
+
+
+def test_a_learned_ranking_model_comes_back_with_its_scorers(tiny_model_dir, tmp_path):
+    from tests.test_train import learned_model_dir
+    model_dir = learned_model_dir(tiny_model_dir, tmp_path)
+    fetched = tmp_path / "out"
+    fetched.mkdir()
+    gpu_train.pack(model_dir, fetched, [])
+    gpu_train.unpack(fetched, tmp_path / "back")
+    back = QualaForQuestionAnswering.from_pretrained(next((tmp_path / "back").rglob("config.json")).parent)
+    sent = QualaForQuestionAnswering.from_pretrained(model_dir)
+    assert back.config.ranking == "learned"
+    for a, b in zip(back.layers, sent.layers):
+        assert torch.equal(a.scorer.weight, b.scorer.weight)
