@@ -13,9 +13,7 @@ import asyncio
 import importlib.resources
 import logging
 import math
-import os
 import resource
-import socket
 import threading
 import time
 from collections import OrderedDict
@@ -29,7 +27,6 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-import uvicorn
 from starlette.exceptions import HTTPException
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -673,31 +670,12 @@ def open_files_limit(wanted: int) -> int:
     return min(wanted, max(16, soft - 128))  # model files, logs and the listening socket need a few
 
 
-ACCEPT_BURST = 64  # connections accepted in one event-loop tick
-KERNEL_BACKLOG = 2048  # connections the kernel queues until they are accepted
-
-
-def server_config(app: FastAPI, host: str, port: int, limits: Limits, log_level: str = "info") -> uvicorn.Config:
+def server_config(app: FastAPI, host: str, port: int, limits: Limits, log_level: str = "info"):
+    import uvicorn
     return uvicorn.Config(app, host=host, port=port, http=guarded_protocol(limits), log_level=log_level,
-                          timeout_keep_alive=limits.keep_alive_s, backlog=ACCEPT_BURST,
+                          timeout_keep_alive=limits.keep_alive_s, backlog=2048,
                           h11_max_incomplete_event_size=16 * 1024,  # request line and headers
                           timeout_graceful_shutdown=5)
-
-
-class Server(uvicorn.Server):
-    """uvicorn's server with the kernel's accept queue deeper than one accept burst. asyncio accepts up to
-    `backlog` connections in one event-loop tick and sets each one up before anything else runs: at a backlog of
-    2,048 a flood of new connections held the loop, /health included, for hundreds of milliseconds. The config's
-    backlog (ACCEPT_BURST) sizes the bursts; the listening sockets then get a queue of KERNEL_BACKLOG, so a burst
-    of clients is still queued, not refused."""
-
-    async def startup(self, sockets=None) -> None:
-        await super().startup(sockets)
-        for server in self.servers:
-            for s in server.sockets:
-                # listen() on a copy of the descriptor changes the one socket; closing the copy leaves it open
-                with socket.socket(fileno=os.dup(s.fileno())) as listening:
-                    listening.listen(KERNEL_BACKLOG)
 
 
 def load_engine(model_dir: str | Path | None = None, runtime: str = "auto", max_batch: int = 16,
@@ -710,9 +688,10 @@ def load_engine(model_dir: str | Path | None = None, runtime: str = "auto", max_
 def serve(model_dir: str | Path | None = None, host: str = "127.0.0.1", port: int = 8000, runtime: str = "auto",
           max_batch: int = 16, max_wait_ms: float = 5.0, limits: Limits = Limits(),
           passages: int | None = PASSAGES) -> None:
+    import uvicorn
     connections = open_files_limit(limits.max_connections)
     if connections < limits.max_connections:
         log.warning("at most %d connections: the open-file limit allows no more", connections)
         limits = Limits(**dict(asdict(limits), max_connections=connections))
     app = create_app(load_engine(model_dir, runtime, max_batch, max_wait_ms, limits, passages))
-    Server(server_config(app, host, port, limits)).run()
+    uvicorn.Server(server_config(app, host, port, limits)).run()

@@ -517,11 +517,13 @@ def running_server(engine, limits: Limits):
     import socket
     import threading
 
-    from quala.serve import Server, server_config
+    import uvicorn
+
+    from quala.serve import server_config
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = Server(server_config(create_app(engine), "127.0.0.1", port, limits, log_level="warning"))
+    server = uvicorn.Server(server_config(create_app(engine), "127.0.0.1", port, limits, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -542,19 +544,17 @@ def live(engine):
         yield port
 
 
-def test_the_kernel_queues_more_connections_than_one_accept_burst(engine):
-    """Bursts of ACCEPT_BURST keep the event loop free under a connection flood; the listening socket's own queue
-    (read back from the kernel: TCP_INFO of a listening socket gives its backlog in tcpi_sacked) stays deep."""
-    import socket
-    import struct
+def test_the_server_runs_on_uvloop(engine):
+    """uvloop (a dependency) accepts and sets up connections in C: under a flood of 20,000 connections /health
+    answered within 27-54 ms on it and took up to 490 ms on asyncio's own loop (benchmarks/abuse.py)."""
+    import uvloop
 
-    from quala.serve import ACCEPT_BURST, KERNEL_BACKLOG
-    somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
-    with running_server(engine, Limits()) as (server, _):
-        assert server.config.backlog == ACCEPT_BURST < KERNEL_BACKLOG
-        (listening,) = server.servers[0].sockets
-        info = listening.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
-        assert struct.unpack_from("I", info, 28)[0] == min(KERNEL_BACKLOG, somaxconn) > ACCEPT_BURST
+    from quala.serve import server_config
+    loop = server_config(create_app(engine), "127.0.0.1", 0, Limits()).get_loop_factory()()
+    try:
+        assert isinstance(loop, uvloop.Loop)
+    finally:
+        loop.close()
 
 
 def connect(port: int):
