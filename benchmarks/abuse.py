@@ -300,14 +300,16 @@ async def attack_aborts(url: str, seconds: float, ctx: dict) -> str:
 
 
 def run_attack(name: str, url: str, seconds: float, ctx: dict, out) -> None:
-    """One attack in this process, at the niceness --attacker-nice adds; sends (outcome line, CPU seconds used)."""
-    os.nice(ctx["attacker_nice"])
+    """One attack in this process, at the niceness --attacker-nice adds; sends (outcome line, cores it kept busy
+    while it ran)."""
     fn = globals()["attack_" + name.replace("-", "_")]
+    cpu0, t0 = time.process_time(), time.monotonic()
     try:
+        os.nice(ctx["attacker_nice"])
         line = asyncio.run(fn(url, seconds, ctx))
     except Exception as e:  # the outcome line says what went wrong; the row still prints
         line = f"attack failed: {type(e).__name__}: {e}"
-    out.send((line, time.process_time()))
+    out.send((line, (time.process_time() - cpu0) / max(1e-9, time.monotonic() - t0)))
 
 
 def cpu_seconds(pid: int) -> float:
@@ -368,7 +370,6 @@ def row(name: str, proc: subprocess.Popen, url: str, log: Path, items: list[dict
         attacker.join(ctx["settle_seconds"])
         outcome, attacker_cpu = here.recv() if here.poll(1) else ("still running at the end of the row (stopped)",
                                                                    float("nan"))
-        attacker_cpu /= seconds
         if attacker.is_alive():
             attacker.kill()
             attacker.join()
@@ -413,7 +414,7 @@ def main() -> None:
     p.add_argument("--settle-seconds", type=float, default=90.0, help="longest wait for leftover work after a row")
     p.add_argument("--questions", type=int, default=64, help="distinct dev questions the normal clients ask")
     p.add_argument("--server-args", default="", help="more `quala serve` options, e.g. '--read-all'")
-    p.add_argument("--attacker-nice", type=int, default=0,
+    p.add_argument("--attacker-nice", type=int, default=0, choices=range(20), metavar="0..19",
                    help="run each attack at this much lower CPU priority (default 0: the attacker shares the "
                         "server's cores as an equal; 19 comes closest, on one machine, to an attacker on its own)")
     p.add_argument("--json", default=None)

@@ -34,19 +34,20 @@ def targets(start_logits: np.ndarray, end_logits: np.ndarray, context: np.ndarra
     p = np.exp(start_logits - start_logits.max())
     q = np.exp(end_logits - end_logits.max())
     mass = p / p.sum() + q / q.sum()
-    near = np.array([mass[max(0, i - radius): i + radius + 1].max() for i in range(len(mass))])
+    near = np.lib.stride_tricks.sliding_window_view(np.pad(mass, radius), 2 * radius + 1).max(1)
     t = np.log(1e-4 + near)
     return np.where(context, t, np.log(1e-4 + 2.0))
 
 
 def fit(model: QualaForQuestionAnswering, features: list[Feature], batch_size: int = 32) -> list[nn.Linear]:
-    """Ridge-regression scorers for every layer from full-length runs over `features` (training data only)."""
+    """Ridge-regression scorers for every layer from full-length runs over `features` (training data only).
+    The normal equations are summed in float64 on the model's device, one matrix product per batch and layer."""
     model.eval()
     layers = len(model.layers)
     h = model.config.hidden_size
-    xtx = [np.zeros((2 * h + 1, 2 * h + 1)) for _ in range(layers)]
-    xty = [np.zeros(2 * h + 1) for _ in range(layers)]
     device = next(model.parameters()).device
+    xtx = [torch.zeros(2 * h + 1, 2 * h + 1, dtype=torch.float64, device=device) for _ in range(layers)]
+    xty = [torch.zeros(2 * h + 1, dtype=torch.float64, device=device) for _ in range(layers)]
 
     for idx in length_grouped_batches([len(f) for f in features], batch_size):
         batch = collate([features[i] for i in idx])
@@ -54,17 +55,19 @@ def fit(model: QualaForQuestionAnswering, features: list[Feature], batch_size: i
                             for k in ("input_ids", "attention_mask", "token_type_ids"))
         with torch.no_grad():
             out = model(ids, mask, types)
-            out = [o.float().cpu() for o in (out.start_logits, out.end_logits)]
-            states = [(x.float().cpu(), c.float().cpu()) for x, c in layer_inputs(model, ids, mask, types)]
-        for row, i in enumerate(idx):
-            f = features[i]
-            n = len(f)
-            context = f.offsets[:, 0] >= 0
-            y = targets(out[0][row, :n].numpy(), out[1][row, :n].numpy(), context)
-            for layer, (x, ctx) in enumerate(states):
-                a = np.concatenate([x[row, :n].numpy(), ctx[row, :n].numpy(), np.ones((n, 1))], 1)
-                xtx[layer] += a.T @ a
-                xty[layer] += a.T @ y
+            states = layer_inputs(model, ids, mask, types)
+        start, end = out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()
+        # the real tokens of the batch, row by row: the order of x[valid] below
+        y = np.concatenate([targets(start[row, :len(features[i])], end[row, :len(features[i])],
+                                    features[i].offsets[:, 0] >= 0) for row, i in enumerate(idx)])
+        y = torch.as_tensor(y, dtype=torch.float64, device=device)
+        valid = mask.bool()
+        for layer, (x, ctx) in enumerate(states):
+            a = torch.cat([x[valid], ctx[valid], torch.ones(len(y), 1, device=device)], 1).double()
+            xtx[layer] += a.T @ a
+            xty[layer] += a.T @ y
+    xtx = [m.cpu().numpy() for m in xtx]
+    xty = [v.cpu().numpy() for v in xty]
     scorers = []
     for layer in range(layers):
         ridge = RIDGE * np.trace(xtx[layer]) / len(xtx[layer]) * np.eye(len(xtx[layer]))

@@ -547,14 +547,10 @@ def live(engine):
 def test_the_server_runs_on_uvloop(engine):
     """uvloop (a dependency) accepts and sets up connections in C: under a flood of 20,000 connections /health
     answered within 27-54 ms on it and took up to 490 ms on asyncio's own loop (benchmarks/abuse.py)."""
-    import uvloop
-
-    from quala.serve import server_config
-    loop = server_config(create_app(engine), "127.0.0.1", 0, Limits()).get_loop_factory()()
-    try:
-        assert isinstance(loop, uvloop.Loop)
-    finally:
-        loop.close()
+    uvloop = pytest.importorskip("uvloop")  # not on Windows, where the dependency does not apply
+    with running_server(engine, Limits()) as (server, _):
+        (listener,) = server.servers
+        assert isinstance(listener.get_loop(), uvloop.Loop)
 
 
 def connect(port: int):

@@ -271,12 +271,14 @@ def learned_model_dir(tiny_model_dir, tmp_path) -> Path:
 
 
 def test_lengthdrop_with_the_learned_ranking_ranks_by_fixed_scorers_and_refits_them_at_the_end(
-        tiny_model_dir, data_dir, tmp_path):
+        tiny_model_dir, data_dir, tmp_path, monkeypatch):
     """Sub-models rank by the scorers (they run in every sub-model), the scorers stay as fitted while the encoder
-    trains, and the saved model carries scorers fitted again on its final weights."""
+    trains, and the saved model carries scorers fitted again on its *final* weights, over features spread across
+    the whole training set."""
     from quala import scorer
     t = make_trainer(learned_model_dir(tiny_model_dir, tmp_path), data_dir, tmp_path / "out", "lengthdrop",
                      max_steps=4, eval_limit=4, layer_dropout_prob=0.0)
+    initial = QualaForQuestionAnswering.from_pretrained(tmp_path / "learned")
     before = [layer.scorer.weight.detach().clone() for layer in t.model.layers]
     calls = []
     t.model.layers[1].scorer.register_forward_hook(lambda m, inp, out: calls.append(out.shape))
@@ -285,11 +287,16 @@ def test_lengthdrop_with_the_learned_ranking_ranks_by_fixed_scorers_and_refits_t
     assert len(calls) == 4 * 3  # every step: the smallest and two random sub-models rank with it
     assert not torch.equal(trained, t.model.layers[1].ffn_in.weight)
     assert all(torch.equal(b, layer.scorer.weight) for b, layer in zip(before, t.model.layers))
+    fitted_on = []
+    real_fit = scorer.fit
+    monkeypatch.setattr(scorer, "fit", lambda model, features: fitted_on.append(features) or real_fit(model, features))
     t.finish()
+    (features,) = fitted_on
+    assert len(features) == min(2000, len(t.features)) and features[0] is t.features[0]
+    assert features[-1].example_index >= t.features[-1].example_index * 0.9  # spread to the end of the set
     saved = QualaForQuestionAnswering.from_pretrained(tmp_path / "out")
     assert saved.config.ranking == "learned"
-    step = max(1, len(t.features) // 2000)
-    expected = scorer.fit(saved, t.features[::step][:2000])
-    for layer, want, old in zip(saved.layers, expected, before):
-        assert torch.allclose(layer.scorer.weight, want.weight, atol=1e-5)
-        assert not torch.allclose(layer.scorer.weight, old, atol=1e-3)
+    on_final, on_initial = real_fit(saved, features), real_fit(initial, features)
+    for layer, final, first in zip(saved.layers, on_final, on_initial):
+        assert torch.allclose(layer.scorer.weight, final.weight, atol=1e-5)
+        assert not torch.allclose(layer.scorer.weight, first.weight, atol=1e-3)
