@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from quala import scorer
 from quala.config import LengthConfig, QualaError, squad_path
 from quala.data import collate, length_grouped_batches, load_squad, make_features, split_articles
 from quala.evaluate import TorchPredictor, evaluate
@@ -357,7 +358,6 @@ class Trainer:
         """Fit the learned ranking's scorers again on the trained weights. Top-k selection passes no gradient to
         them, so they rank with the states they were fitted on while the weights move; a refit at the end keeps
         the saved model's ranking true to its saved weights. Training features only, spread over the set."""
-        from quala import scorer
         picked = self.features[:: max(1, len(self.features) // features)][:features]
         t0 = time.perf_counter()
         attach_scorers(self.model, [s.to(self.device).requires_grad_(False) for s in
