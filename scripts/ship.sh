@@ -14,6 +14,8 @@ if [ "$(realpath "$MODEL")" != "$(realpath "$DEST")" ]; then
   for f in model.int8.onnx config.json tokenizer.json tokenizer_config.json length_configs.json length_configs.png; do
     if [ -f "$MODEL/$f" ]; then cp "$MODEL/$f" "$DEST/$f"; else echo "missing: $MODEL/$f" >&2; exit 1; fi
   done
+  # the learned ranking's scorers (config.json "ranking": "learned"); the ONNX graph has them baked in
+  if [ -f "$MODEL/scorer.safetensors" ]; then cp "$MODEL/scorer.safetensors" "$DEST/scorer.safetensors"; fi
 fi
 if [ -f "$MODEL/model.safetensors" ]; then
   python - "$MODEL/model.safetensors" "$DEST/model.safetensors" <<'PY'
