@@ -13,7 +13,8 @@ Configurations, priced in GMACs per held-out feature at its real length (quala.f
 - uniform:   every layer keeps the ratio r of the input length, r = 0.9 .. 0.3;
 - geometric: layer l keeps g^(l+1) of the input length, g = 0.95 .. 0.7;
 - custom:    --configs;
-- learned (--rankings ...,learned): a linear scorer per layer fitted on training questions (quala.scorer);
+- learned (--rankings ...,learned): a linear scorer per layer fitted on training questions (quala.scorer), at
+             full length, and with --fit-configs also on the states of those sub-models;
 - depth (--depth): a ratio of 0 skips a layer (no compute; needs LengthConfig to allow 0): every single layer
              skipped at full length, every pair of layers skipped at full length, and the two best single skips
              added to each front configuration. A configuration whose running layers all keep every token does not
@@ -112,7 +113,14 @@ def attach_scorer(model, tokenizer, data: dict, args) -> None:
         features = make_features(examples, tokenizer, model.config.max_seq_length, model.config.doc_stride,
                                  model.config.max_query_length)
         t0 = time.perf_counter()
-        save_scorers(scorer.fit(model, features), path)
+        scorers = scorer.fit(model, features)
+        configs = [lc for c in args.fit_configs.split(";") if (lc := LengthConfig.parse(c)) is not None]
+        if configs:  # again, on the states of sub-models that keep the tokens the first fit ranks highest
+            attach_scorers(model, scorers)
+            ranking, model.config.ranking = model.config.ranking, "learned"
+            scorers = scorer.fit(model, features, configs=[None, *configs])
+            model.config.ranking = ranking
+        save_scorers(scorers, path)
         print(f"scorer fitted on {len(features)} training features in {time.perf_counter() - t0:.0f} s: {path}",
               file=sys.stderr)
     attach_scorers(model, load_scorers(path, model.config.hidden_size))
@@ -258,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--depth", action="store_true", help="also configurations with a skipped layer")
     p.add_argument("--fit-scorer", type=int, default=2000,
                    help="training questions the 'learned' ranking's scorers are fitted on (default 2000)")
+    p.add_argument("--fit-configs", default="",
+                   help="also fit the scorers on these sub-models' states (ratio configurations separated by ';', "
+                        "as `quala fit-scorer --length-configs`)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-minutes", type=float, default=1e9, help="stop scoring after this long (rerun to go on)")
     p.add_argument("--work", type=Path, default=Path("runs/rankings"), help="cache and outputs (default runs/rankings)")

@@ -5,8 +5,10 @@ idea. Each layer's scorer reads what the layer already has when it ranks its tok
 context it attended to ([x, context], 2H values, so 769 parameters at H = 384), and predicts how much of the
 full-length model's answer probability lies near the token: log(1e-4 + max over the tokens within `RADIUS` of the
 start plus end probability), with the question, [CLS] and [SEP] given the top target so they are kept first. The
-weights are a ridge regression on SQuAD *training* features at full length (closed form, no gradient steps), so
-fitting takes one forward pass over the features; the backbone is unchanged. Used as ranking "learned"; quala.modeling saves them as DIR/scorer.safetensors.
+weights are a ridge regression on SQuAD *training* features (closed form, no gradient steps), so fitting takes one
+forward pass over the features per configuration; the backbone is unchanged. By default the states are those of
+the full-length run; `configs` adds the states each layer ranks when the model already drops tokens (a sub-model's
+layers see fewer tokens than at full length, so their states differ from the ones a full-length fit saw). Used as ranking "learned"; quala.modeling saves them as DIR/scorer.safetensors.
 """
 from __future__ import annotations
 
@@ -14,14 +16,15 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from quala.config import QualaError, squad_path
+from quala.config import LengthConfig, QualaError, squad_path
 from quala.data import Example, Feature, collate, length_grouped_batches, load_squad, make_features, split_articles
-from quala.modeling import SCORER_FILE, QualaForQuestionAnswering, save_scorers
+from quala.modeling import SCORER_FILE, QualaForQuestionAnswering, attach_scorers, save_scorers
 from quala.tokenizer import load_tokenizer
 
 RADIUS = 8  # tokens either side of a likely answer token that count as its neighbourhood
@@ -39,15 +42,21 @@ def targets(start_logits: np.ndarray, end_logits: np.ndarray, context: np.ndarra
     return np.where(context, t, np.log(1e-4 + 2.0))
 
 
-def fit(model: QualaForQuestionAnswering, features: list[Feature], batch_size: int = 32) -> list[nn.Linear]:
-    """Ridge-regression scorers for every layer from full-length runs over `features` (training data only).
-    The normal equations are summed in float64 on the model's device, one matrix product per batch and layer."""
+def fit(model: QualaForQuestionAnswering, features: list[Feature], batch_size: int = 32,
+        configs: Sequence[LengthConfig | None] = (None,)) -> list[nn.Linear]:
+    """Ridge-regression scorers for every layer from runs over `features` (training data only) under each of
+    `configs` (None: full length; a length config: the states its layers rank, the tokens its earlier layers kept
+    under the model's current ranking). Each run's rows count alike. The normal equations are summed in float64 on
+    the model's device, one matrix product per batch, configuration and layer."""
     model.eval()
     layers = len(model.layers)
     h = model.config.hidden_size
     device = next(model.parameters()).device
     xtx = [torch.zeros(2 * h + 1, 2 * h + 1, dtype=torch.float64, device=device) for _ in range(layers)]
     xty = [torch.zeros(2 * h + 1, dtype=torch.float64, device=device) for _ in range(layers)]
+    for lc in configs:
+        if lc is not None:
+            lc.check(layers, model.config.max_seq_length)
 
     for idx in length_grouped_batches([len(f) for f in features], batch_size):
         batch = collate([features[i] for i in idx])
@@ -55,17 +64,21 @@ def fit(model: QualaForQuestionAnswering, features: list[Feature], batch_size: i
                             for k in ("input_ids", "attention_mask", "token_type_ids"))
         with torch.no_grad():
             out = model(ids, mask, types)
-            states = layer_inputs(model, ids, mask, types)
         start, end = out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()
-        # the real tokens of the batch, row by row: the order of x[valid] below
-        y = np.concatenate([targets(start[row, :len(features[i])], end[row, :len(features[i])],
-                                    features[i].offsets[:, 0] >= 0) for row, i in enumerate(idx)])
-        y = torch.as_tensor(y, dtype=torch.float64, device=device)
-        valid = mask.bool()
-        for layer, (x, ctx) in enumerate(states):
-            a = torch.cat([x[valid], ctx[valid], torch.ones(len(y), 1, device=device)], 1).double()
-            xtx[layer] += a.T @ a
-            xty[layer] += a.T @ y
+        # (B, N) targets of the full-length run; padding gets 0 and is never read
+        y = np.zeros(ids.shape, dtype=np.float64)
+        for row, i in enumerate(idx):
+            n = len(features[i])
+            y[row, :n] = targets(start[row, :n], end[row, :n], features[i].offsets[:, 0] >= 0)
+        y = torch.as_tensor(y, device=device)
+        for lc in configs:
+            counts = None if lc is None else lc.token_counts(mask.sum(1))
+            with torch.no_grad():
+                states = layer_inputs(model, ids, mask, types, counts)
+            for layer, (x, ctx, valid, positions) in enumerate(states):
+                a = torch.cat([x[valid], ctx[valid], torch.ones(int(valid.sum()), 1, device=device)], 1).double()
+                xtx[layer] += a.T @ a
+                xty[layer] += a.T @ y.gather(1, positions)[valid]
     xtx = [m.cpu().numpy() for m in xtx]
     xty = [v.cpu().numpy() for v in xty]
     scorers = []
@@ -81,14 +94,22 @@ def fit(model: QualaForQuestionAnswering, features: list[Feature], batch_size: i
     return scorers
 
 
-def layer_inputs(model: QualaForQuestionAnswering, ids, mask, types) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(input states, attended context) of every layer at full length: what each layer ranks its tokens by."""
+def layer_inputs(model: QualaForQuestionAnswering, ids, mask, types, token_counts: torch.Tensor | None = None
+                 ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """What each layer ranks its tokens by, per layer: (input states, attended context, real slots, each slot's
+    position in the input), at full length, or with `token_counts` (B, layers) kept as the model's forward keeps
+    them (its ranking, [CLS] first)."""
     valid = mask.bool()
     x = model.embed(ids, types)
+    positions = torch.arange(ids.shape[1], device=ids.device).expand(ids.shape)
+    current = valid.sum(1)
     out = []
-    for layer in model.layers:
-        out.append((x, layer.attend(x, valid)[1]))
-        x, _, _ = layer(x, valid, None)
+    for i, layer in enumerate(model.layers):
+        out.append((x, layer.attend(x, valid)[1], valid, positions))
+        keep = None if token_counts is None else torch.minimum(token_counts[:, i], current).clamp(min=1)
+        x, valid, slots = layer(x, valid, keep, model.config.ranking)
+        if slots is not None:
+            positions, current = positions.gather(1, slots), keep
     return out
 
 
@@ -106,14 +127,23 @@ def fitting_examples(model: QualaForQuestionAnswering, questions: int, train_fil
 
 
 def fit_dir(model_dir: str | os.PathLike, questions: int = 2000, train_file: str = "",
-            heldout_fraction: float | None = None) -> Path:
-    """Fit the scorers of a model directory's float weights and save them as DIR/scorer.safetensors."""
+            heldout_fraction: float | None = None, configs: Sequence[LengthConfig] = ()) -> Path:
+    """Fit the scorers of a model directory's float weights and save them as DIR/scorer.safetensors: on
+    full-length states, and with `configs` also on the states of those sub-models, ranked by the directory's
+    scorers (fitted first at full length when it has none)."""
     model_dir = Path(model_dir)
     model = QualaForQuestionAnswering.from_pretrained(model_dir)
     c = model.config
+    for lc in configs:
+        lc.check(len(model.layers), c.max_seq_length)
     features = make_features(fitting_examples(model, questions, train_file, heldout_fraction),
                              load_tokenizer(model_dir), c.max_seq_length, c.doc_stride, c.max_query_length)
     t0 = time.perf_counter()
-    path = save_scorers(fit(model, features), model_dir / SCORER_FILE)
-    print(f"scorers fitted on {len(features)} training features in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    if configs:
+        if any(layer.scorer is None for layer in model.layers):
+            attach_scorers(model, fit(model, features))
+        c.ranking = "learned"  # the sub-models' tokens are the ones the learned ranking keeps
+    path = save_scorers(fit(model, features, configs=(None, *configs)), model_dir / SCORER_FILE)
+    print(f"scorers fitted on {len(features)} training features under {1 + len(configs)} configuration(s) in "
+          f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
     return path

@@ -36,7 +36,7 @@ def test_fitted_scorers_rank_like_their_targets(tiny_model_dir, dev_examples, to
     ids, mask, types = (torch.as_tensor(b[k]) for k in ("input_ids", "attention_mask", "token_type_ids"))
     with torch.no_grad():
         out = model(ids, mask, types)
-        x, ctx = scorer.layer_inputs(model, ids, mask, types)[-1]
+        x, ctx, _, _ = scorer.layer_inputs(model, ids, mask, types)[-1]
         predicted = scorers[-1](torch.cat([x, ctx], -1)).squeeze(-1)
     corr = []
     for row, f in enumerate(features[:8]):
@@ -44,6 +44,50 @@ def test_fitted_scorers_rank_like_their_targets(tiny_model_dir, dev_examples, to
         y = scorer.targets(out.start_logits[row, :n].numpy(), out.end_logits[row, :n].numpy(), f.offsets[:, 0] >= 0)
         corr.append(np.corrcoef(predicted[row, :n].numpy(), y)[0, 1])
     assert np.mean(corr) > 0.5, corr
+
+
+def test_sub_model_states_follow_the_tokens_the_model_keeps(tiny_model_dir, dev_examples, tokenizer):
+    """layer_inputs under token counts: each layer sees the tokens the model's forward kept, [CLS] first, the
+    ones the previous layer's scorer ranked highest, with their positions in the input."""
+    from quala.data import collate, make_features
+    model, _ = load(tiny_model_dir)
+    features = make_features(dev_examples[:6], tokenizer, 128, 48)
+    attach_scorers(model, random_scorers(model))
+    model.config.ranking = "learned"
+    b = collate(features[:6])
+    ids, mask, types = (torch.as_tensor(b[k]) for k in ("input_ids", "attention_mask", "token_type_ids"))
+    lc = LengthConfig.parse("0.7,0.4,0.2")
+    with torch.no_grad():
+        kept = model(ids, mask, types, lc).kept
+        states = scorer.layer_inputs(model, ids, mask, types, lc.token_counts(mask.sum(1)))
+    assert torch.equal(states[0][3], torch.arange(ids.shape[1]).expand(ids.shape))
+    for i in range(len(states) - 1):
+        x, ctx, valid, positions = states[i]
+        assert torch.equal(states[i + 1][2].sum(1), kept[:, i])
+        with torch.no_grad():
+            score = model.layers[i].scorer(torch.cat([x, ctx], -1)).squeeze(-1).masked_fill(~valid, -torch.inf)
+        for row in range(len(ids)):
+            k = int(kept[row, i])
+            best = positions[row][score[row, 1:].topk(k - 1).indices + 1].tolist()
+            assert states[i + 1][3][row, :k].tolist() == [0] + best
+            assert not torch.isin(states[i + 1][3][row, :k], torch.nonzero(mask[row] == 0).flatten()).any()
+
+
+def test_a_fit_on_sub_models_reads_each_slots_own_target(tiny_model_dir, dev_examples, tokenizer):
+    """Keeping every token reorders the slots by rank but changes no state: the fit must match the full-length one,
+    which it only does when every slot's target follows its token."""
+    from quala.data import make_features
+    model, _ = load(tiny_model_dir)
+    features = make_features(dev_examples[:20], tokenizer, 128, 48)
+    attach_scorers(model, random_scorers(model))
+    model.config.ranking = "learned"
+    full = scorer.fit(model, features)
+    reordered = scorer.fit(model, features, configs=[LengthConfig.parse("1,1,1")])
+    for a, b in zip(full, reordered):
+        assert torch.allclose(a.weight, b.weight, atol=1e-4, rtol=1e-3) and abs(a.bias.item() - b.bias.item()) < 1e-4
+    dropped = scorer.fit(model, features, configs=[None, LengthConfig.parse("0.6,0.3,0.2")])
+    assert not torch.allclose(full[-1].weight, dropped[-1].weight, atol=1e-4)
+    assert torch.allclose(full[0].weight, dropped[0].weight, atol=1e-5)  # layer 0 always sees every token
 
 
 def test_learned_ranking_keeps_exactly_the_tokens_its_scorer_ranks_highest():
@@ -142,3 +186,32 @@ def test_fit_scorer_never_reads_the_held_out_articles(tiny_model_dir, data_dir):
     assert heldout and picked
     assert {e.id for e in picked} == {e.id for e in train}  # every training question, no held-out one
     assert len(scorer.fitting_examples(model, 5, str(data_dir / "train.json"), 0.25)) == 5
+
+
+def test_fit_scorer_on_sub_models_from_a_directory_without_scorers(tiny_model_dir, data_dir, tmp_path, capsys):
+    import shutil
+
+    from quala.cli import main
+    d = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, d)
+    args = ["fit-scorer", "--model", str(d), "--train-file", str(data_dir / "train.json"), "--questions", "20",
+            "--heldout-fraction", "0.25"]
+    assert main(args + ["--length-configs", "0.8,0.5"]) == 2
+    assert "has 2 values; the model has 3 layers" in capsys.readouterr().err
+    assert main(args + ["--length-configs", "0.8,half,0.3"]) == 2
+    assert "cannot read length config" in capsys.readouterr().err
+    assert not (d / SCORER_FILE).exists()
+    assert main(args + ["--length-configs", "0.8,0.5,0.3; 0.6,0.3,0.1"]) == 0
+    assert "under 3 configuration(s)" in capsys.readouterr().err
+    model = QualaForQuestionAnswering.from_pretrained(d)
+    assert model.config.ranking == "learned"
+    full_only = scorer.fit(model, make_fit_features(model, d, data_dir))
+    assert not torch.allclose(full_only[-1].weight, model.layers[-1].scorer.weight, atol=1e-4)
+
+
+def make_fit_features(model, d, data_dir):
+    from quala.data import make_features
+    from quala.tokenizer import load_tokenizer
+    c = model.config
+    return make_features(scorer.fitting_examples(model, 20, str(data_dir / "train.json"), 0.25), load_tokenizer(d),
+                         c.max_seq_length, c.doc_stride, c.max_query_length)
