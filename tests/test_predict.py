@@ -8,8 +8,9 @@ import time
 
 import pytest
 
+from quala.budget import read_front
 from quala.cli import main
-from quala.config import squad_path
+from quala.config import default_model_dir, squad_path
 from quala.data import load_squad
 from quala.predict import ModelSpec, Options, predict, read_answers, read_rejects
 from quala.rowfiles import Part, plan_parts, read_part
@@ -47,7 +48,9 @@ def test_answers_equal_quala_eval_at_batch_size_1(dev_rows, tmp_path, capsys):
     assert [a["id"] for a in answers] == [r["id"] for r in dev_rows[:30]]
     assert {a["id"]: a["answer"] for a in answers} == expected
     a = answers[0]
-    assert a["length_config"] == "1,1,1,1,0.35,0.15" and a["budget"] == "balanced"
+    front = read_front(default_model_dir())
+    balanced = front.point(front.named["balanced"])
+    assert a["length_config"] == str(balanced.length_config) and a["budget"] == "balanced"
     assert dev_rows[0]["context"][a["start"]:a["end"]] == a["answer"] and 0 < a["score"] <= 1
 
 

@@ -58,11 +58,11 @@ def test_float_weights_are_fp16_on_disk_and_load_in_fp32(float_model):
 
 
 def test_float_logits_agree_with_the_int8_graph(float_model):
-    """Full length, the first 8 dev questions (8 features): |float - INT8 logit| mean 0.150, max 1.14 measured. On
-    the first 1,000 dev questions (1,028 features): mean 0.159, max 2.59 (dynamic INT8 rounds activations per run);
-    the INT8 graph against itself run one feature at a time instead of 4 differs more (mean 0.186, max 2.75). A
-    weight mapped wrongly does not hide in that noise: query and key swapped in layer 0 or 5 gives a mean of 1.17 or
-    0.99 on these 8 features, layer 3's ffn_in bias zeroed 0.28."""
+    """Full length, the first 8 dev questions (8 features). Release 5: |float - INT8 logit| mean 0.74, max 3.84, the
+    lowest correlation of a feature's float and INT8 logits 0.970 (release 4: mean 0.15, max 1.14; the LengthDrop-trained
+    weights have wider activations, which per-batch INT8 rounds more coarsely; dev F1 82.21 INT8). A weight mapped
+    wrongly still shows: query and key swapped in layer 0 gives mean 2.00, max 8.8, correlation 0.75; in layer 5 mean
+    1.24, max 9.2, correlation 0.93. Layer 3's ffn_in bias zeroed (mean 0.48, correlation 0.973) hides in the noise."""
     model_dir = default_model_dir()
     examples = load_squad(squad_path("dev"), limit=8)
     features = make_features(examples, load_tokenizer(model_dir))
@@ -70,7 +70,8 @@ def test_float_logits_agree_with_the_int8_graph(float_model):
             for p in (TorchPredictor(float_model), OnnxPredictor(model_dir / "model.int8.onnx", float_model.config))]
     (s1, e1), (s2, e2) = runs
     diffs = np.concatenate([np.abs(a - b) for a, b in zip(s1 + e1, s2 + e2)])
-    assert diffs.mean() < 0.25 and diffs.max() < 4.0, (diffs.mean(), diffs.max())
+    corr = min(np.corrcoef(a, b)[0, 1] for a, b in zip(s1 + e1, s2 + e2))
+    assert diffs.mean() < 1.0 and diffs.max() < 6.0 and corr > 0.95, (diffs.mean(), diffs.max(), corr)
 
 
 def test_dequantize_recovers_the_weights_of_a_quantized_graph(onnx_dir, tmp_path):
