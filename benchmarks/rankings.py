@@ -113,14 +113,8 @@ def attach_scorer(model, tokenizer, data: dict, args) -> None:
         features = make_features(examples, tokenizer, model.config.max_seq_length, model.config.doc_stride,
                                  model.config.max_query_length)
         t0 = time.perf_counter()
-        scorers = scorer.fit(model, features)
         configs = [lc for c in args.fit_configs.split(";") if (lc := LengthConfig.parse(c)) is not None]
-        if configs:  # again, on the states of sub-models that keep the tokens the first fit ranks highest
-            attach_scorers(model, scorers)
-            ranking, model.config.ranking = model.config.ranking, "learned"
-            scorers = scorer.fit(model, features, configs=[None, *configs])
-            model.config.ranking = ranking
-        save_scorers(scorers, path)
+        save_scorers(scorer.fit_with_sub_models(model, features, configs, refit=True), path)
         print(f"scorer fitted on {len(features)} training features in {time.perf_counter() - t0:.0f} s: {path}",
               file=sys.stderr)
     attach_scorers(model, load_scorers(path, model.config.hidden_size))

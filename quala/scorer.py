@@ -94,6 +94,21 @@ def fit(model: QualaForQuestionAnswering, features: list[Feature], batch_size: i
     return scorers
 
 
+def fit_with_sub_models(model: QualaForQuestionAnswering, features: list[Feature],
+                        configs: Sequence[LengthConfig] = (), refit: bool = False) -> list[nn.Linear]:
+    """Scorers fitted at full length and on the states of `configs`' sub-models, whose tokens are those the model's
+    scorers keep: fitted first at full length when it has none (or `refit`). Without configs: the full-length fit."""
+    if not configs:
+        return fit(model, features)
+    if refit or any(layer.scorer is None for layer in model.layers):
+        attach_scorers(model, fit(model, features))
+    ranking, model.config.ranking = model.config.ranking, "learned"
+    try:
+        return fit(model, features, configs=(None, *configs))
+    finally:
+        model.config.ranking = ranking
+
+
 def layer_inputs(model: QualaForQuestionAnswering, ids, mask, types, token_counts: torch.Tensor | None = None
                  ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
     """What each layer ranks its tokens by, per layer: (input states, attended context, real slots, each slot's
@@ -139,11 +154,7 @@ def fit_dir(model_dir: str | os.PathLike, questions: int = 2000, train_file: str
     features = make_features(fitting_examples(model, questions, train_file, heldout_fraction),
                              load_tokenizer(model_dir), c.max_seq_length, c.doc_stride, c.max_query_length)
     t0 = time.perf_counter()
-    if configs:
-        if any(layer.scorer is None for layer in model.layers):
-            attach_scorers(model, fit(model, features))
-        c.ranking = "learned"  # the sub-models' tokens are the ones the learned ranking keeps
-    path = save_scorers(fit(model, features, configs=(None, *configs)), model_dir / SCORER_FILE)
+    path = save_scorers(fit_with_sub_models(model, features, configs), model_dir / SCORER_FILE)
     print(f"scorers fitted on {len(features)} training features under {1 + len(configs)} configuration(s) in "
           f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
     return path
