@@ -1,6 +1,7 @@
 """INT8 against its float self at every point of the front: the issue's "no configuration may lose more than 1 F1".
 
-    python benchmarks/int8_vs_float.py --model DIR [--int8 FILE] [--limit 500] [--loss-limit 1] [--json F]
+    python benchmarks/int8_vs_float.py --model DIR [--int8 FILE] [--float FILE] [--configs "A;B"] [--limit 500]
+                                       [--loss-limit 1] [--json F]
 
 Two stages, like the search: every configuration of DIR/length_configs.json (and the full length) is scored on the
 first --limit dev questions with PyTorch fp32 and with the INT8 ONNX model; each one whose INT8 F1 falls more than
@@ -9,6 +10,10 @@ first --limit dev questions with PyTorch fp32 and with the INT8 ONNX model; each
 difference of one configuration swings by about +-2 F1 from a handful of re-ranked tokens. The verdict of a row
 uses its largest sample (also one cached by an earlier run with a lower --confirm-over). Scores are cached per
 configuration in --work-dir, so an interrupted run resumes.
+
+The float side is PyTorch fp32 by default; --float DIR/model.onnx scores the float ONNX export of the same weights
+instead (the graph quantization starts from), several times faster on a CPU, which makes a whole-dev comparison of a
+few points (--configs) a matter of minutes.
 """
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from quala.budget import read_front
-from quala.config import QualaError, squad_path
+from quala.config import LengthConfig, QualaError, squad_path
 from quala.data import load_squad
 from quala.files import read_json, write_json_atomic
 from quala.evaluate import TorchPredictor
@@ -27,24 +32,29 @@ from quala.runtime import OnnxPredictor
 from quala.search import ScoreCache, Scorer, runtime_name, weights_digest
 
 
-def front_configs(model_dir: Path) -> list[str]:
+def front_configs(model_dir: Path, only: str | None = None) -> list[str]:
+    """'full' and every configuration of the front, or only those named in `only` (';'-separated)."""
+    if only:
+        return [str(LengthConfig.parse(k.strip()) or "full") for k in only.split(";")]
     front = read_front(model_dir)
     return ["full"] + [str(p.length_config) for p in front.configs]
 
 
 class Pair:
-    """PyTorch fp32 and the INT8 file, loaded (and their weights hashed) once for every sample scored."""
+    """The float model (PyTorch fp32, or a float ONNX file) and the INT8 file, loaded (and their weights hashed)
+    once for every sample scored."""
 
-    def __init__(self, model_dir: Path, int8: Path):
+    def __init__(self, model_dir: Path, int8: Path, float_onnx: Path | None = None):
         self.config = ModelConfig.from_dict(read_json(model_dir / "config.json"))
         self.tokenizer = load_tokenizer(model_dir)
-        self.predictors = (TorchPredictor(QualaForQuestionAnswering.from_pretrained(model_dir)),
-                           OnnxPredictor(int8, self.config))
+        floating = (OnnxPredictor(float_onnx, self.config) if float_onnx else
+                    TorchPredictor(QualaForQuestionAnswering.from_pretrained(model_dir)))
+        self.predictors = (floating, OnnxPredictor(int8, self.config))
         self.runtimes = [runtime_name(p) for p in self.predictors]
         self.digests = [weights_digest(model_dir, p) for p in self.predictors]
 
     def scorers(self, limit: int | None, work: Path, batch_size: int) -> tuple[Scorer, Scorer]:
-        """(PyTorch fp32, INT8) scorers of the first `limit` dev questions (all: None), each with its own cache."""
+        """(float, INT8) scorers of the first `limit` dev questions (all: None), each with its own cache."""
         dev = load_squad(squad_path("dev"), limit=limit)
         pair = []
         for predictor, runtime, digest in zip(self.predictors, self.runtimes, self.digests):
@@ -102,6 +112,12 @@ def main() -> None:
     p.add_argument("--model", type=Path, required=True, help="model directory: model.safetensors, length_configs.json")
     p.add_argument("--int8", type=Path, default=None, help="quantized ONNX file (default MODEL/model.int8.onnx); "
                    "e.g. a mixed-precision one from `quala quantize --keep-float`")
+    p.add_argument("--float", dest="float_onnx", type=Path, default=None,
+                   help="a float ONNX file of the same weights (e.g. MODEL/model.onnx) as the float side instead of "
+                   "PyTorch fp32")
+    p.add_argument("--configs", default=None,
+                   help="';'-separated length configurations to compare ('full' for full length) instead of the "
+                   "whole front")
     p.add_argument("--limit", type=int, default=500, help="screening sample: the first N dev questions (default 500)")
     p.add_argument("--confirm-over", type=float, default=None,
                    help="score again every configuration losing more than this on the screen (default: --loss-limit)")
@@ -115,9 +131,9 @@ def main() -> None:
     int8 = args.int8 or args.model / "model.int8.onnx"
     work = args.work_dir or args.model / "int8_vs_float"
     try:
-        keys = front_configs(args.model)
+        keys = front_configs(args.model, args.configs)
         work.mkdir(parents=True, exist_ok=True)
-        pair = Pair(args.model, int8)
+        pair = Pair(args.model, int8, args.float_onnx)
         screen = pair.scorers(args.limit, work, args.batch_size)
         confirm = None if args.no_confirm else pair.scorers(args.confirm_limit or None, work, args.batch_size)
         over = args.loss_limit if args.confirm_over is None else args.confirm_over

@@ -69,3 +69,26 @@ def test_a_model_without_a_front_is_a_clear_error(tmp_path, tokenizer):
     sharp_model(0).save_pretrained(model)
     p = subprocess.run([sys.executable, str(SCRIPT), "--model", str(model)], capture_output=True, text=True)
     assert p.returncode != 0 and "length_configs.json" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_the_float_onnx_graph_as_the_float_side_on_chosen_configs(tmp_path, tokenizer):
+    model = tmp_path / "m"
+    sharp_model(0).save_pretrained(model)
+    tokenizer.save_pretrained(str(model))
+    quantize_model(model, "dynamic")
+    assert (model / "model.onnx").is_file()
+    base = [sys.executable, str(SCRIPT), "--model", str(model), "--limit", "6", "--no-confirm",
+            "--configs", "0.5,0.3,0.2; full"]  # no front file needed
+    rows = {}
+    for side in ("torch", "onnx"):
+        extra = ["--float", str(model / "model.onnx")] if side == "onnx" else []
+        out = subprocess.run(base + extra + ["--json", str(tmp_path / f"{side}.json")], capture_output=True,
+                             text=True, check=True).stdout
+        rows[side] = json.loads((tmp_path / f"{side}.json").read_text())["rows"]
+    assert "onnxruntime:model.onnx vs onnxruntime:model.int8.onnx" in out
+    assert [r["length_config"] for r in rows["onnx"]] == ["0.5,0.3,0.2", "full"]
+    # the same weights: the float graph scores what PyTorch fp32 scores; the INT8 side is unchanged
+    assert [r["f1_float"] for r in rows["onnx"]] == [r["f1_float"] for r in rows["torch"]]
+    assert [r["f1_int8"] for r in rows["onnx"]] == [r["f1_int8"] for r in rows["torch"]]
+    bad = subprocess.run(base[:-2] + ["--configs", "0.5,1.5,0.2"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "1.5" in bad.stderr and "Traceback" not in bad.stderr
