@@ -121,11 +121,20 @@ class Layer(nn.Module):
         before the output projection."""
         h = self.attn_out.in_features  # a Python int: reshape targets must be constants in the graph
         d = h // self.heads
-        q, kk, v = (reshape(lin(x), (0, -1, self.heads, d)).transpose(1, 2)
-                    for lin in (self.query, self.key, self.value))
+        q, kk, v = (reshape(p, (0, -1, self.heads, d)).transpose(1, 2) for p in self.project_qkv(x))
         scores = q @ kk.transpose(-1, -2) / math.sqrt(d)
         probs = mask_scores(scores, valid).softmax(-1)
         return probs, reshape((self.attn_dropout(probs) @ v).transpose(1, 2), (0, -1, h))
+
+    def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Query, key and value projections. The exported graph computes them as one matmul with the three weights
+        side by side, split after: one int8 GEMM three times as wide instead of three after quantization, with
+        the same numbers (one activation scale either way, per-column weight scales)."""
+        if not exporting():
+            return self.query(x), self.key(x), self.value(x)
+        lins = (self.query, self.key, self.value)
+        qkv = F.linear(x, torch.cat([lin.weight for lin in lins]), torch.cat([lin.bias for lin in lins]))
+        return qkv.split(self.query.out_features, dim=-1)
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor, keep: torch.Tensor | None, ranking: str = "attention",
                 queries: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
