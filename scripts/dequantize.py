@@ -4,6 +4,8 @@ Every initializer of the graph maps back onto QualaForQuestionAnswering's state 
 - a dynamically quantized linear layer is a MatMulInteger node named /model/<module>/MatMul_quant whose weight
   input W_quantized (in, out) int8 comes with W_scale and W_zero_point per output column: the float weight is
   ((W_quantized - W_zero_point) * W_scale).T; its bias is the initializer model.<module>.bias;
+- a layer's query, key and value are one such matmul named /model/layers.N/MatMul(_quant), their weights side by
+  side (in, 3 x out), with the three biases side by side in the Add /model/layers.N/Add after it; split in three;
 - the word embeddings are model.embed.word.weight_fp16 (`--embeddings fp16`), _int8 with _row_scale (`int8`), or
   plain; every other float initializer (position/token-type embeddings, LayerNorm, biases) keeps its name (or is
   the output of an Identity node of that name, where the exporter stored equal parameters once).
@@ -51,15 +53,40 @@ def float_state(graph_path: str | Path) -> dict[str, torch.Tensor]:
     for node in graph.node:  # linear layers: /model/<module>/MatMul (float) or /model/<module>/MatMul_quant
         module, _, op = node.name.removeprefix("/model/").rpartition("/")
         weight = node.input[1] if len(node.input) > 1 else ""
-        if weight not in inits or not node.name.startswith("/model/"):
-            continue  # activation x activation (attention), or a node quala's export did not name
+        if not node.name.startswith("/model/"):
+            continue  # a node quala's export did not name
+        if node.op_type == "Add" and is_layer(module) and op == "Add":  # the fused query/key/value bias
+            bias = next((inits[i] for i in node.input if i in inits), None)
+            if bias is not None and bias.ndim == 1 and bias.size % 3 == 0:
+                state |= split_qkv(module, "bias", bias.astype(np.float32))
+        if weight not in inits:
+            continue  # activation x activation (attention)
         if node.op_type == "MatMul" and op == "MatMul":
-            state[module.replace("/", ".") + ".weight"] = inits[weight].astype(np.float32).T
+            state |= linear_weight(module, inits[weight].astype(np.float32))
         elif node.op_type == "MatMulInteger" and op == "MatMul_quant":
             zero = inits[node.input[3]].astype(np.float32) if len(node.input) > 3 and node.input[3] else 0.0
             scale = inits[weight.removesuffix("_quantized") + "_scale"]  # one per output column
-            state[module.replace("/", ".") + ".weight"] = ((inits[weight].astype(np.float32) - zero) * scale).T
+            state |= linear_weight(module, (inits[weight].astype(np.float32) - zero) * scale)
     return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}
+
+
+def is_layer(module: str) -> bool:
+    """'layers.3': a node of the layer itself, not of one of its linear modules ('layers.3/attn_out')."""
+    return module.startswith("layers.") and "/" not in module
+
+
+def split_qkv(module: str, kind: str, fused: np.ndarray) -> dict[str, np.ndarray]:
+    """The export's one query/key/value matmul of a layer (weights side by side, in x out) back to three."""
+    parts = np.split(fused, 3, axis=-1)
+    return {f"{module}.{name}.{kind}": part.T if kind == "weight" else part
+            for name, part in zip(("query", "key", "value"), parts)}
+
+
+def linear_weight(module: str, w: np.ndarray) -> dict[str, np.ndarray]:
+    """A linear layer's weight from the graph's (in, out) matrix, as PyTorch's (out, in)."""
+    if is_layer(module):
+        return split_qkv(module, "weight", w)
+    return {module.replace("/", ".") + ".weight": w.T}
 
 
 def rebuild(model_dir: str | Path, graph: str = "model.int8.onnx") -> QualaForQuestionAnswering:
