@@ -23,7 +23,7 @@ def test_profile_counts_each_node_once_per_run(onnx_dir, dev_examples, tokenizer
     per_op, count, wall = op_profile.profile(onnx_dir / "model.int8.onnx", batches, layers,
                                              LengthConfig.parse("1,0.5,0.3"), 1, tmp_path)
     matmuls = count["DynamicQuantizeMatMul"] + count["MatMulIntegerToFloat"]
-    assert matmuls == runs * (6 * layers + 1)  # query, key, value, attn_out, ffn_in, ffn_out per layer; the QA head
+    assert matmuls == runs * (4 * layers + 1)  # query-key-value (one matmul), attn_out, ffn_in, ffn_out; the QA head
     assert count["TopK"] == runs * layers  # a length config: every layer ranks
     assert {op: op_profile.group_of(op) for op in per_op if op_profile.group_of(op) == "other"} == {}
     assert 0 < sum(per_op.values()) <= wall
