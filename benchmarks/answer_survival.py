@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from quala.budget import read_front
 from quala.config import LengthConfig, QualaError, default_model_dir
 from quala.data import collate, make_features
 from quala.flops import mean_gmacs
@@ -116,7 +117,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args) -> None:
-    from quala.budget import read_front
     model_dir = args.model or default_model_dir()
     model = QualaForQuestionAnswering.from_pretrained(model_dir).eval()
     config = model.config

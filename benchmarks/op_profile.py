@@ -24,20 +24,20 @@ from pathlib import Path
 
 import numpy as np
 
-from quala.config import LengthConfig, QualaError, default_model_dir, squad_path, token_counts
+from quala.config import LengthConfig, QualaError, default_model_dir, squad_path
 from quala.data import collate, length_grouped_batches, load_squad, make_features
 from quala.files import read_json
 from quala.flops import mean_gmacs
 from quala.modeling import ModelConfig, load_tokenizer
-from quala.runtime import DISABLED_FUSIONS, MICRO_BATCH, cpu_description, run_micro_batches
+from quala.runtime import MICRO_BATCH, OnnxPredictor, cpu_description
 
 GROUPS = {
     "int8 weight matmuls": {"DynamicQuantizeMatMul", "MatMulIntegerToFloat", "DynamicQuantizeLinear",
                             "MatMulInteger"},
     "float attention products": {"FusedMatMul", "MatMul", "Softmax"},
     "token ranking, drop and restore": {"TopK", "GatherND", "GatherElements", "ScatterND", "ReduceMax", "ReduceSum",
-                                        "Where", "Pad", "Clip", "Min", "Max", "Less", "Greater", "Equal", "And", "Or", "Range",
-                                        "Sub", "Not"},
+                                        "Where", "Pad", "Clip", "Min", "Max", "Less", "Greater", "Equal", "And", "Or",
+                                        "Range", "Sub", "Not"},
     "norms and activations": {"LayerNormalization", "SkipLayerNormalization", "Gelu", "Add", "Mul", "Div", "Erf"},
     "layout and shape": {"Reshape", "Transpose", "Unsqueeze", "Squeeze", "Shape", "Slice", "Concat", "Cast", "Split",
                          "Gather", "Expand", "ConstantOfShape", "Identity"},
@@ -48,34 +48,15 @@ def group_of(op: str) -> str:
     return next((g for g, ops in GROUPS.items() if op in ops), "other")
 
 
-def profiled_session(path: Path, threads: int, prefix: str):
-    import onnxruntime as ort
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.enable_profiling = True
-    options.profile_file_prefix = prefix
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
-                                disabled_optimizers=list(DISABLED_FUSIONS))
-
-
-def run_all(session, batches: list[dict], layers: int, lc: LengthConfig | None) -> None:
-    for batch in batches:
-        feed = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
-                "token_type_ids": batch["token_type_ids"],
-                "token_counts": token_counts(batch["attention_mask"], layers, lc)}
-        run_micro_batches(session, {k: np.ascontiguousarray(v, dtype=np.int64) for k, v in feed.items()},
-                          MICRO_BATCH, token_outputs=2)
-
-
-def profile(path: Path, batches: list[dict], layers: int, lc: LengthConfig | None, threads: int,
+def profile(path: Path, batches: list[dict], config: ModelConfig, lc: LengthConfig | None, threads: int,
             scratch: Path) -> tuple[dict[str, float], dict[str, int], float]:
     """Kernel µs summed per operator type, node runs per operator type, and the profiled runs' total wall µs."""
-    session = profiled_session(path, threads, str(scratch / "profile"))
-    run_all(session, batches[:1], layers, lc)  # the warm-up's runs are in the profile too: dropped below
+    predictor = OnnxPredictor(path, config, threads, profile_prefix=str(scratch / "profile"))
+    predictor(batches[0], lc)  # the warm-up's runs are in the profile too: dropped below
     warm = -(-len(batches[0]["input_ids"]) // MICRO_BATCH)
-    run_all(session, batches, layers, lc)
-    events = json.loads(Path(session.end_profiling()).read_text())
+    for batch in batches:
+        predictor(batch, lc)
+    events = json.loads(Path(predictor.session.end_profiling()).read_text())
     runs = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
     first_timed = sorted(e["ts"] for e in runs)[warm] if len(runs) > warm else 0
     wall = sum(e["dur"] for e in runs if e["ts"] >= first_timed)
@@ -102,7 +83,8 @@ def table(name: str, per_op: dict[str, float], count: dict[str, int], wall: floa
         lines.append(f"| {g} | {t:.3f} | {100 * t / total:.1f}% |")
     lines.append(f"| between kernels | {total - kernels:.3f} | {100 * (total - kernels) / total:.1f}% |")
     lines.append(f"| **wall (profiled)** | **{total:.3f}** | 100% |")
-    lines += ["", "| operator | group | nodes per run | ms/feature | µs per node run |", "| --- | --- | ---: | ---: | ---: |"]
+    lines += ["", "| operator | group | nodes per run | ms/feature | µs per node run |",
+              "| --- | --- | ---: | ---: | ---: |"]
     for op, t in sorted(ms.items(), key=lambda kv: -kv[1])[:top]:
         lines.append(f"| {op} | {group_of(op)} | {count[op] / runs:.0f} | {t:.3f} | {per_op[op] / count[op]:.1f} |")
     return "\n".join(lines)
@@ -155,7 +137,7 @@ def run(args) -> None:
             runs = sum(-(-len(x["input_ids"]) // MICRO_BATCH) for x in batches)
             for name, lc in configs:
                 gmac = mean_gmacs(config, lc, lengths)
-                per_op, count, wall = profile(path, batches, config.num_hidden_layers, lc, args.threads,
+                per_op, count, wall = profile(path, batches, config, lc, args.threads,
                                               Path(scratch))
                 print(table(f"batch {b}, {name} ({gmac:.3f} GMAC/feature)", per_op, count, wall, len(features),
                             runs, args.top) + "\n")

@@ -66,7 +66,8 @@ class OnnxPredictor:
     """One onnxruntime.InferenceSession, created once; the length configuration is a per-call input."""
 
     def __init__(self, path: str | os.PathLike, config: ModelConfig, threads: int | None = None,
-                 micro_batch: int = MICRO_BATCH):
+                 micro_batch: int = MICRO_BATCH, profile_prefix: str | None = None):
+        """profile_prefix: record ONNX Runtime's per-node profile (session.end_profiling() writes it there)."""
         import onnxruntime as ort
         self.path = Path(path)
         self.config = config
@@ -78,6 +79,9 @@ class OnnxPredictor:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or physical_cores()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if profile_prefix:
+            options.enable_profiling = True
+            options.profile_file_prefix = profile_prefix
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"],
                                                 disabled_optimizers=list(DISABLED_FUSIONS))

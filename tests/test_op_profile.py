@@ -20,7 +20,7 @@ def test_profile_counts_each_node_once_per_run(onnx_dir, dev_examples, tokenizer
     features = make_features(dev_examples[:3], tokenizer, 128, 48)[:5]
     batches = [collate([features[i] for i in idx]) for idx in length_grouped_batches([len(f) for f in features], 2)]
     runs = len(batches)  # batches of 2 rows: one micro-batch each
-    per_op, count, wall = op_profile.profile(onnx_dir / "model.int8.onnx", batches, layers,
+    per_op, count, wall = op_profile.profile(onnx_dir / "model.int8.onnx", batches, tiny_config(),
                                              LengthConfig.parse("1,0.5,0.3"), 1, tmp_path)
     matmuls = count["DynamicQuantizeMatMul"] + count["MatMulIntegerToFloat"]
     assert matmuls == runs * (4 * layers + 1)  # query-key-value (one matmul), attn_out, ffn_in, ffn_out; the QA head
