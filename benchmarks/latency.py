@@ -173,21 +173,24 @@ def parse_configs(text: str | None, model_dir: Path) -> list[tuple[str, LengthCo
     return configs
 
 
-def int8_gemm_peak(threads: int, n: int = 2048, repeats: int = 5) -> float:
-    """GMAC/s of an n x n x n uint8 x int8 MatMulInteger in ONNX Runtime (best of repeats)."""
+def int8_gemm_peak(threads: int, kernel: str = "u8s8", n: int = 2048, repeats: int = 5) -> float:
+    """GMAC/s of an n x n x n uint8 x int8 (kernel u8s8) or uint8 x uint8 (u8u8) MatMulInteger in ONNX Runtime
+    (best of repeats)."""
     import onnxruntime as ort
     from onnx import TensorProto, helper
     graph = helper.make_graph(
         [helper.make_node("MatMulInteger", ["a", "b"], ["y"])], "gemm",
         [helper.make_tensor_value_info("a", TensorProto.UINT8, [n, n]),
-         helper.make_tensor_value_info("b", TensorProto.INT8, [n, n])],
+         helper.make_tensor_value_info("b", TensorProto.INT8 if kernel == "u8s8" else TensorProto.UINT8, [n, n])],
         [helper.make_tensor_value_info("y", TensorProto.INT32, [n, n])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
-    feed = {"a": rng.integers(0, 255, (n, n), dtype=np.uint8), "b": rng.integers(-127, 127, (n, n), dtype=np.int8)}
+    feed = {"a": rng.integers(0, 255, (n, n), dtype=np.uint8),
+            "b": rng.integers(-127, 127, (n, n), dtype=np.int8) if kernel == "u8s8" else
+            rng.integers(0, 255, (n, n), dtype=np.uint8)}
     session.run(None, feed)
     best = min(timed(lambda: session.run(None, feed)) for _ in range(repeats))
     return n ** 3 / best / 1e9
@@ -229,6 +232,13 @@ def build_rows(args, model_dir: Path, config: ModelConfig, scratch: Path) -> lis
     for name, lc in configs:
         lc.check(config.num_hidden_layers, config.max_seq_length)
         rows.append(dict(name=f"quala INT8 ORT, {name}", predictor=int8, lc=lc, int8=True, padded=True))
+    # the int8 kernel quala does not pick on this CPU (see quala.runtime.choose_int8_kernel), same graph
+    other = "u8s8" if int8.int8_kernel == "u8u8" else "u8u8"
+    other_int8 = OnnxPredictor(int8.path, config, args.threads, int8_kernel=other)
+    exact = "exact" if other_int8.int8_exact else "saturating on this CPU"
+    for name, lc in [("full", None), *configs]:
+        rows.append(dict(name=f"quala INT8 ORT, {other} kernel ({exact}), {name}", predictor=other_int8, lc=lc,
+                         int8=True))
     if args.per_row:
         fresh, rows_graph = fresh_int8(model_dir, config, scratch, args.threads)
         rows.append(dict(name="quala INT8 ORT, this version's export (layer skips in the graph)", predictor=fresh,
@@ -299,14 +309,15 @@ def report(rows: list[dict], peak: float, lengths: list[int]) -> list[dict]:
     return out
 
 
-def markdown(results: list[dict], peak: float) -> str:
+def markdown(results: list[dict], peak: float, kernel: str = "u8s8") -> str:
     lines = ["| path | length config | GMAC/feature | b1 ms | b1 speed-up | b32 ms/feature | b32 speed-up "
              "| b32 GMAC/s (% of int8 peak) | F1 |", "|" + " --- |" * 9]
     for r in results:
         eff = f"{r['b32_gmac_per_s']} ({r['b32_pct_of_int8_peak']}%)" if "b32_gmac_per_s" in r else ""
         lines.append(f"| {r['name']} | {r['length_config']} | {r['gmac_per_feature']} | {r['b1_ms']} "
                      f"| {r['b1_speedup']}x | {r['b32_ms']} | {r['b32_speedup']}x | {eff} | {r.get('f1', '')} |")
-    lines.append(f"\nint8 GEMM peak (ONNX Runtime MatMulInteger 2048^3): {peak:.0f} GMAC/s")
+    lines.append(f"\nint8 GEMM peak (ONNX Runtime MatMulInteger 2048^3, {kernel}, the kernel quala runs here): "
+                 f"{peak:.0f} GMAC/s")
     return "\n".join(lines)
 
 
@@ -348,7 +359,8 @@ def run(args) -> None:
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as scratch:
         rows = build_rows(args, model_dir, config, Path(scratch))
-        peak = int8_gemm_peak(args.threads)
+        kernel = rows[next(i for i, r in enumerate(rows) if r.get("int8"))]["predictor"].int8_kernel
+        peak = int8_gemm_peak(args.threads, kernel)
         for b in (1, 32):
             time_rows(rows, features, b, args.repeats)
         if args.eval_limit:
@@ -366,11 +378,11 @@ def run(args) -> None:
                 time_rows(prows, padded(features, args.pad_to), b, args.repeats)
             padded_results = report(prows, peak, [args.pad_to] * len(features))
     print(f"CPU: {cpu_description()}\n")
-    print(markdown(results, peak))
+    print(markdown(results, peak, kernel))
     if padded_results:
         print(f"\nThe original work's protocol: the same features padded to {args.pad_to} tokens, configurations as "
               f"token counts (speed only)\n")
-        print(markdown(padded_results, peak))
+        print(markdown(padded_results, peak, kernel))
     load = (load_before, os.getloadavg()[0])
     print(f"\n{len(features)} dev features, {np.mean(lengths):.1f} tokens on average; {args.threads} threads; "
           f"median of {args.repeats}; load average {load[0]:.1f} -> {load[1]:.1f} on {os.cpu_count()} CPUs")
@@ -378,7 +390,7 @@ def run(args) -> None:
         print("warning: the machine was busy; timings are inflated and noisy", file=sys.stderr)
     write_json_atomic(args.json, {"model": str(model_dir), "features": len(features),
                                   "mean_tokens": float(np.mean(lengths)), "threads": args.threads,
-                                  "repeats": args.repeats, "int8_gemm_peak_gmac_per_s": round(peak, 1),
+                                  "repeats": args.repeats, "int8_gemm_peak_gmac_per_s": round(peak, 1), "int8_kernel": kernel,
                                   "load_average": load, "cpu": cpu_description(), "rows": results,
                                   "pad_to": args.pad_to, "padded_rows": padded_results})
     print(f"results written to {args.json}")

@@ -44,6 +44,44 @@ def physical_cores() -> int:
 
 
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+# ONNX Runtime's uint8 x int8 kernel is exact on x86 only with these (VNNI's VPDPBUSD, AMX's TDPBUSD accumulate in
+# int32); without them it saturates (see quala.quantize.unsigned_weights) and quala runs the u8u8 kernel.
+EXACT_U8S8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+INT8_KERNELS = ("auto", "u8s8", "u8u8")
+INT8_KERNEL_ENV = "QUALA_INT8_KERNEL"
+
+
+def cpu_flags() -> frozenset[str]:
+    """The first CPU's flags in /proc/cpuinfo (empty where there is none)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    first = dict((k.strip(), v.strip()) for k, _, v in
+                 (line.partition(":") for line in text.split("\n\n")[0].splitlines()))
+    return frozenset(first.get("flags", "").split())
+
+
+def u8s8_exact(flags: frozenset[str] | None = None) -> bool:
+    """Whether ONNX Runtime's uint8 x int8 kernel computes exact products here: with VNNI or AMX on x86, and on
+    other architectures (their dot-product instructions accumulate in int32)."""
+    import platform
+    flags = cpu_flags() if flags is None else flags
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return True
+    return any(f in flags for f in EXACT_U8S8_FLAGS)
+
+
+def choose_int8_kernel(kernel: str | None = None, flags: frozenset[str] | None = None) -> str:
+    """'u8s8' or 'u8u8': `kernel` (else $QUALA_INT8_KERNEL, else 'auto'); auto is u8s8 where it is exact (the
+    faster kernel there, and how the graph is stored), else u8u8 (the same integers, exact on every CPU)."""
+    kernel = kernel or os.environ.get(INT8_KERNEL_ENV) or "auto"
+    if kernel not in INT8_KERNELS:
+        raise QualaError(f"int8 kernel {kernel!r} (argument or ${INT8_KERNEL_ENV}): choose one of "
+                         f"{', '.join(INT8_KERNELS)}")
+    if kernel != "auto":
+        return kernel
+    return "u8s8" if u8s8_exact(flags) else "u8u8"
 
 
 def cpu_description() -> str:
@@ -66,8 +104,10 @@ class OnnxPredictor:
     """One onnxruntime.InferenceSession, created once; the length configuration is a per-call input."""
 
     def __init__(self, path: str | os.PathLike, config: ModelConfig, threads: int | None = None,
-                 micro_batch: int = MICRO_BATCH, profile_prefix: str | None = None):
-        """profile_prefix: record ONNX Runtime's per-node profile (session.end_profiling() writes it there)."""
+                 micro_batch: int = MICRO_BATCH, profile_prefix: str | None = None, int8_kernel: str | None = None):
+        """profile_prefix: record ONNX Runtime's per-node profile (session.end_profiling() writes it there).
+        int8_kernel: auto (default, or $QUALA_INT8_KERNEL), u8s8 or u8u8; see choose_int8_kernel."""
+        import onnx
         import onnxruntime as ort
         self.path = Path(path)
         self.config = config
@@ -82,13 +122,25 @@ class OnnxPredictor:
         if profile_prefix:
             options.enable_profiling = True
             options.profile_file_prefix = profile_prefix
+        kernel = choose_int8_kernel(int8_kernel)
         try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"],
+            model = onnx.load(str(self.path))
+            self.int8_kernel = int8_kernel_of(model)
+            if self.int8_kernel == "u8s8" and kernel == "u8u8":
+                from quala.quantize import unsigned_weights
+                unsigned_weights(model)
+                self.int8_kernel = "u8u8"
+            self.session = ort.InferenceSession(model.SerializeToString(), options,
+                                                providers=["CPUExecutionProvider"],
                                                 disabled_optimizers=list(DISABLED_FUSIONS))
-        except Exception as e:  # onnxruntime raises its own pybind error types for damaged files
+        except QualaError:
+            raise
+        except Exception as e:  # protobuf and onnxruntime raise their own error types for damaged files
             raise QualaError(f"{self.path}: cannot load the ONNX model ({type(e).__name__}: {e})") from None
+        # an INT8 graph gives the same logits on every CPU unless it runs u8s8 where that kernel saturates
+        self.int8_exact = self.int8_kernel != "u8s8" or u8s8_exact()
         self.check_signature()
-        self.batch_invariant = not dynamic_activation_scales(self.path)
+        self.batch_invariant = not any(n.op_type in DYNAMIC_SCALE_OPS for n in model.graph.node)
         meta = self.session.get_modelmeta().custom_metadata_map
         self.layer_skips = meta.get(LAYER_SKIPS_KEY) == "1"
         self.ranking = meta.get(RANKING_KEY, "attention")
@@ -165,14 +217,23 @@ def micro_batches(feed: dict[str, np.ndarray], size: int):
         yield {k: v if k == "token_counts" else np.ascontiguousarray(v[:, :width]) for k, v in chunk.items()}
 
 
-def dynamic_activation_scales(path: Path) -> bool:
-    """True for a graph dynamically quantized per tensor: its activations get one scale per tensor, computed from
-    the whole batch, so a row's logits depend on the other rows (and the padding) it is batched with. A per-row
-    graph (`quala quantize --activations per-row`, metadata quala.activations=per-row) has no such node: each
-    token's scale comes from that token alone, so it is batch-invariant and this is False."""
+def int8_kernel_of(model) -> str | None:
+    """'u8s8' or 'u8u8' after the type of an ONNX model's quantized weights; None if it has none (a float graph)."""
     import onnx
-    graph = onnx.load(str(path), load_external_data=False).graph
-    return any(n.op_type in ("DynamicQuantizeLinear", "DynamicQuantizeMatMul") for n in graph.node)
+
+    from quala.quantize import WEIGHT_INPUTS
+    types = {i.name: i.data_type for i in model.graph.initializer}
+    weights = {types.get(n.input[WEIGHT_INPUTS[n.op_type][0]]) for n in model.graph.node if n.op_type in WEIGHT_INPUTS}
+    if onnx.TensorProto.INT8 in weights:
+        return "u8s8"
+    return "u8u8" if onnx.TensorProto.UINT8 in weights else None
+
+
+# Nodes of a graph dynamically quantized per tensor: its activations get one scale per tensor, computed from the
+# whole batch, so a row's logits depend on the other rows (and the padding) it is batched with. A per-row graph
+# (`quala quantize --activations per-row`, metadata quala.activations=per-row) has none: each token's scale comes
+# from that token alone, so it is batch-invariant.
+DYNAMIC_SCALE_OPS = ("DynamicQuantizeLinear", "DynamicQuantizeMatMul")
 
 
 def choose_runtime(model_dir: Path, runtime: str, dtype: str = "fp32") -> str:

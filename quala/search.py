@@ -259,11 +259,13 @@ def measure_latencies(predictor: Predictor, features: list[Feature], lcs: list[L
 
 
 def runtime_name(predictor: Predictor) -> str:
-    """'torch-fp32', 'torch-bf16', 'onnxruntime:model.int8.onnx' (a predictor with a .path), or its .name."""
+    """'torch-fp32', 'torch-bf16', 'onnxruntime:model.int8.onnx' (a predictor with a .path; with
+    ':u8s8-saturating' when its int8 kernel is not exact on this CPU), or its .name."""
     if isinstance(predictor, TorchPredictor):
         return "torch-bf16" if predictor.dtype == "bf16" else "torch-fp32"
-    if getattr(predictor, "path", None) is not None:
-        return f"onnxruntime:{Path(predictor.path).name}"
+    if getattr(predictor, "path", None) is not None:  # a saturating int8 kernel scores differently: not cached alike
+        inexact = "" if getattr(predictor, "int8_exact", True) else f":{predictor.int8_kernel}-saturating"
+        return f"onnxruntime:{Path(predictor.path).name}{inexact}"
     return str(getattr(predictor, "name", type(predictor).__name__))
 
 

@@ -7,8 +7,8 @@ from onnx import TensorProto, helper, numpy_helper
 from quala.cli import main
 from quala.config import LengthConfig, QualaError
 from quala.data import collate, load_squad, make_features
-from quala.quantize import ACTIVATIONS_KEY, calibration_reader, per_row_activations, quantize_model
-from quala.runtime import OnnxPredictor, load_predictor
+from quala.quantize import ACTIVATIONS_KEY, calibration_reader, per_row_activations, quantize_model, unsigned_weights
+from quala.runtime import OnnxPredictor, load_predictor, u8s8_exact
 
 REDUCED = LengthConfig((0.7, 0.4, 0.2))
 SKIP = LengthConfig((0.7, 0, 0.4))  # the middle layer computes nothing: its MatMuls get 0-token inputs
@@ -126,11 +126,13 @@ def test_per_row_arithmetic_matches_a_numpy_reference(tmp_path):
     x[0, 1] = 0
     x[1, 2] = np.abs(x[1, 2])
     x[1, 3] = -np.abs(x[1, 3]) - 1
-    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     wq = next(v for k, v in inits.items() if v.dtype == np.int8 and v.shape == (16, 8)).astype(np.int64)
     ws = next(v for k, v in inits.items() if k.endswith("_scale") and v.shape == (8,))
+    if not u8s8_exact():  # the kernel the runtime picks on a CPU without VNNI (u8s8 saturates there)
+        assert unsigned_weights(model) == 1
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
     lo, hi = np.minimum(x.min(-1, keepdims=True), 0), np.maximum(x.max(-1, keepdims=True), 0)
     scale = np.maximum((hi - lo) / np.float32(255), np.finfo(np.float32).tiny)
     zp = np.clip(np.round(-lo / scale), 0, 255)
@@ -159,3 +161,64 @@ def test_static_calibration_reads_the_features_asked_for_from_train(onnx_dir, da
     assert (feeds[1]["token_counts"][:, -1] < feeds[1]["attention_mask"].sum(1)).all()  # then reduced
     reader.rewind()
     assert reader.get_next() is feeds[0]
+
+
+def matmul_integer(weight: np.ndarray, zero_point) -> onnx.ModelProto:
+    """y = MatMulInteger(a, weight, 0, zero_point), a a (64, K) uint8 input."""
+    k, n = weight.shape
+    inits = [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(np.array(0, np.uint8), "a_zero_point")]
+    inputs = ["a", "w", "a_zero_point"]
+    if zero_point is not None:
+        inits.append(numpy_helper.from_array(zero_point, "w_zero_point"))
+        inputs.append("w_zero_point")
+    graph = helper.make_graph([helper.make_node("MatMulInteger", inputs, ["y"], name="mm")], "g",
+                              [helper.make_tensor_value_info("a", TensorProto.UINT8, [64, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT32, [64, n])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("zero_point", [None, "per-column"])
+def test_unsigned_weights_compute_the_exact_integer_product(zero_point):
+    """Full-range operands (the worst case for int16 saturation): after unsigned_weights ONNX Runtime's result is
+    the exact int32 product on every CPU, and so is the int8 graph's where the runtime would run it as it is."""
+    import onnxruntime as ort
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (64, 384), dtype=np.uint8)
+    w = rng.integers(-127, 128, (384, 256)).astype(np.int8)
+    zp = None if zero_point is None else rng.integers(-3, 4, 256).astype(np.int8)
+    expected = a.astype(np.int64) @ (w.astype(np.int64) - (0 if zp is None else zp.astype(np.int64)))
+    model = matmul_integer(w, zp)
+    run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(  # noqa: E731
+        None, {"a": a})[0]
+    if u8s8_exact():
+        assert np.array_equal(run(model), expected)
+    assert unsigned_weights(model) == 1
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    assert inits["w"].dtype == np.uint8 and np.array_equal(inits["w"].astype(np.int64), w.astype(np.int64) + 128)
+    assert np.array_equal(run(model), expected)
+    assert unsigned_weights(model) == 0  # nothing int8 is left
+
+
+def test_unsigned_weights_refuses_a_computed_zero_point():
+    model = matmul_integer(np.ones((8, 4), np.int8), np.zeros(4, np.int8))
+    model.graph.node[0].input[3] = "a"  # not a constant
+    with pytest.raises(QualaError, match="not an int8 constant"):
+        unsigned_weights(model)
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "static"])
+def test_each_int8_kernel_gives_the_model_s_logits(onnx_dir, data_dir, tmp_path, config, batch, mode):
+    """The runtime's u8u8 form of an int8 graph (what it runs on CPUs without VNNI) computes what the graph means:
+    bit-equal to u8s8 where that kernel is exact, and at least as close to the float graph everywhere."""
+    path = quantize_model(onnx_dir, mode, tmp_path / f"{mode}.onnx", calibration_features=16,
+                          train_file=data_dir / "train.json")
+    signed, unsigned = (OnnxPredictor(path, config, int8_kernel=k) for k in ("u8s8", "u8u8"))
+    assert (signed.int8_kernel, unsigned.int8_kernel, unsigned.int8_exact) == ("u8s8", "u8u8", True)
+    assert signed.int8_exact == u8s8_exact()
+    b = {k: v[:8] for k, v in batch.items()}
+    fp32 = OnnxPredictor(onnx_dir / "model.onnx", config)(b, REDUCED)[0]
+    s, u = signed(b, REDUCED)[0], unsigned(b, REDUCED)[0]
+    real = b["attention_mask"].astype(bool)
+    if u8s8_exact():
+        assert np.array_equal(s, u)
+    assert np.abs(u - fp32)[real].max() < 0.05 and np.abs(u - fp32)[real].max() > 0

@@ -258,3 +258,37 @@ def test_runtime_and_dtype_choices_and_their_messages(onnx_dir, tmp_path):
     from quala.evaluate import TorchPredictor
     name = "".join(["tor", "ch"])  # a runtime name read from a command line is not an interned literal
     assert isinstance(load_predictor(onnx_dir, name)[0], TorchPredictor)
+
+
+def test_int8_kernel_is_u8s8_only_where_it_is_exact(monkeypatch):
+    """VNNI or AMX on x86 (and other architectures): ONNX Runtime's u8s8 kernel as stored; an x86 CPU without them
+    gets u8u8, whose products do not saturate; the argument, then $QUALA_INT8_KERNEL, overrides."""
+    from quala import runtime
+    monkeypatch.delenv(runtime.INT8_KERNEL_ENV, raising=False)
+    monkeypatch.setattr("platform.machine", lambda: "x86_64")
+    assert runtime.choose_int8_kernel(flags=frozenset({"avx2", "fma"})) == "u8u8"
+    assert runtime.choose_int8_kernel(flags=frozenset({"avx2", "avx512f", "avx512bw"})) == "u8u8"
+    for vnni in ("avx512_vnni", "avx_vnni", "amx_int8"):
+        assert runtime.choose_int8_kernel(flags=frozenset({"avx2", vnni})) == "u8s8"
+    assert runtime.choose_int8_kernel("u8s8", flags=frozenset({"avx2"})) == "u8s8"
+    monkeypatch.setenv(runtime.INT8_KERNEL_ENV, "u8s8")
+    assert runtime.choose_int8_kernel(flags=frozenset({"avx2"})) == "u8s8"
+    assert runtime.choose_int8_kernel("auto", flags=frozenset({"avx2"})) == "u8u8"
+    monkeypatch.setenv(runtime.INT8_KERNEL_ENV, "s8s8")
+    with pytest.raises(QualaError, match="'s8s8'.*QUALA_INT8_KERNEL.*auto, u8s8, u8u8"):
+        runtime.choose_int8_kernel()
+    monkeypatch.delenv(runtime.INT8_KERNEL_ENV)
+    monkeypatch.setattr("platform.machine", lambda: "aarch64")
+    assert runtime.choose_int8_kernel(flags=frozenset()) == "u8s8"
+
+
+def test_predictor_runs_the_chosen_int8_kernel(onnx_dir, monkeypatch):
+    from quala import runtime
+    config = load_predictor(onnx_dir)[2]
+    monkeypatch.setenv(runtime.INT8_KERNEL_ENV, "u8u8")
+    p = OnnxPredictor(onnx_dir / "model.int8.onnx", config)
+    assert (p.int8_kernel, p.int8_exact) == ("u8u8", True)
+    monkeypatch.setenv(runtime.INT8_KERNEL_ENV, "u8s8")
+    p = OnnxPredictor(onnx_dir / "model.int8.onnx", config)
+    assert (p.int8_kernel, p.int8_exact) == ("u8s8", runtime.u8s8_exact())
+    assert OnnxPredictor(onnx_dir / "model.onnx", config).int8_kernel is None  # a float graph
