@@ -552,7 +552,9 @@ def create_app(engine: Engine, max_body_bytes: int | None = None) -> FastAPI:
     async def configs() -> dict:
         """The front's points, the named ones, and the limits every request must keep to."""
         return {"configs": engine.configs(), "named": engine.front.named if engine.front else {},
-                "limits": dict(engine.describe_limits(), max_body_bytes=max_body)}
+                "limits": dict(engine.describe_limits(), max_body_bytes=max_body),
+                "runtime": {"int8_kernel": getattr(engine.predictor, "int8_kernel", None),
+                            "batch_invariant": engine.batch_invariant}}
 
     def part(item: AnswerRequest, where: str = "") -> tuple[Part, FrontPoint | None]:
         try:

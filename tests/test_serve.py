@@ -59,6 +59,7 @@ def test_batch_answers_in_order_and_configs_listed(client):
     assert [x["config"] for x in r.json()["results"]] == ["p0", "p2", "p1"]
     configs = client.get("/configs").json()["configs"]
     assert [c["name"] for c in configs] == ["p0", "p1", "p2"] and configs[0]["label"] == "fastest"
+    assert client.get("/configs").json()["runtime"] == {"int8_kernel": None, "batch_invariant": True}  # torch fp32
     assert client.get("/health").json() == {"status": "ok", "pending": 0}
     assert "<input type=\"range\" id=\"budget\"" in client.get("/").text
 
@@ -97,6 +98,9 @@ def test_int8_answers_do_not_depend_on_batch_mates(onnx_dir, dev_examples):
 
     solo = [asyncio.run(one(q, c)) for q, c in pairs]
     assert asyncio.run(together()) == solo
+    with TestClient(create_app(engine)) as c:
+        assert c.get("/configs").json()["runtime"] == {"int8_kernel": predictor.int8_kernel, "batch_invariant": False}
+    assert predictor.int8_kernel in ("u8s8", "u8u8")
 
 
 def test_long_context_is_windowed_not_truncated(client):
