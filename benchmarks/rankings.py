@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from quala.budget import read_front
-from quala.config import LengthConfig, ModelConfig, QualaError, default_model_dir
+from quala.config import SCORER_INPUTS, LengthConfig, ModelConfig, QualaError, default_model_dir
 from quala.data import make_features
 from quala.evaluate import TorchPredictor, evaluate
 from quala.files import atomic_write, write_json_atomic
@@ -103,18 +103,19 @@ def score(cache: ScoreCache, ranking: str, c: Config, predictors: dict, tokenize
 
 def attach_scorer(model, tokenizer, data: dict, args) -> None:
     """The "learned" ranking's scorers: fitted on --fit-scorer questions of the *training* articles (never the
-    held-out ones scored here; quala.scorer.fitting_examples, as `quala fit-scorer` does), kept in
-    WORK/scorer.safetensors."""
+    held-out ones scored here; quala.scorer.fitting_examples, as `quala fit-scorer` does), reading
+    --scorer-inputs, kept in WORK/scorer-INPUTS.safetensors."""
     from quala import scorer
     from quala.modeling import SCORER_FILE, attach_scorers, load_scorers, save_scorers
-    path = args.work / SCORER_FILE
+    path = args.work / SCORER_FILE.replace("scorer", f"scorer-{args.scorer_inputs}")
     if not path.is_file():
         examples = scorer.fitting_examples(model, args.fit_scorer, data["train_file"], data["heldout_fraction"])
         features = make_features(examples, tokenizer, model.config.max_seq_length, model.config.doc_stride,
                                  model.config.max_query_length)
         t0 = time.perf_counter()
         configs = [lc for c in args.fit_configs.split(";") if (lc := LengthConfig.parse(c)) is not None]
-        save_scorers(scorer.fit_with_sub_models(model, features, configs, refit=True), path)
+        save_scorers(scorer.fit_with_sub_models(model, features, configs, refit=True, inputs=args.scorer_inputs),
+                     path)
         print(f"scorer fitted on {len(features)} training features in {time.perf_counter() - t0:.0f} s: {path}",
               file=sys.stderr)
     attach_scorers(model, load_scorers(path, model.config.hidden_size))
@@ -138,14 +139,16 @@ def run(args) -> dict:
     lengths = [len(f) for f in features]
     fingerprint = {"model": weights_digest(model_dir, predictors[args.rankings[0]]), "runtime": "torch-fp32",
                    "train_file": data["train_file"], "heldout_fraction": data["heldout_fraction"],
-                   "offset": args.offset, "limit": args.limit}
+                   "offset": args.offset, "limit": args.limit,
+                   "scorer_inputs": args.scorer_inputs if "learned" in args.rankings else None}
     cache = ScoreCache(args.work / "scores.json", fingerprint)
     layers = config.num_hidden_layers
     front = front_configs(model_dir, config, lengths, args.min_speedup, args.max_speedup, args.front_points)
     configs = [Config("full", None)] + [Config("front", lc) for lc in front]
-    configs += [Config("uniform", LengthConfig((r,) * layers)) for r in UNIFORM]
-    configs += [Config("geometric", LengthConfig(tuple(round(g ** (i + 1), 4) for i in range(layers))))
-                for g in GEOMETRIC]
+    if args.grid:
+        configs += [Config("uniform", LengthConfig((r,) * layers)) for r in UNIFORM]
+        configs += [Config("geometric", LengthConfig(tuple(round(g ** (i + 1), 4) for i in range(layers))))
+                    for g in GEOMETRIC]
     configs += [Config("custom", LengthConfig.parse(c)) for c in args.configs.split(";") if c.strip()]
     deadline = time.monotonic() + 60 * args.max_minutes
     done = True
@@ -181,7 +184,8 @@ def run(args) -> dict:
                      "f1": {r: s["f1"] if s else None for r, s in scores.items()}})
     rows.sort(key=lambda r: -r["gmacs"])
     info = {"model": str(model_dir), "runtime": "torch-fp32", "questions": len(examples), "features": len(features),
-            "offset": args.offset, "heldout": data, "rankings": list(args.rankings), "complete": done}
+            "offset": args.offset, "heldout": data, "rankings": list(args.rankings), "complete": done,
+            "scorer_inputs": args.scorer_inputs if "learned" in args.rankings else None}
     return {"info": info, "rows": rows}
 
 
@@ -263,6 +267,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fit-configs", default="",
                    help="also fit the scorers on these sub-models' states (ratio configurations separated by ';', "
                         "as `quala fit-scorer --length-configs`)")
+    p.add_argument("--scorer-inputs", choices=SCORER_INPUTS, default="question",
+                   help="what the 'learned' ranking's scorers read (as `quala fit-scorer --inputs`; default "
+                        "question)")
+    p.add_argument("--no-grid", dest="grid", action="store_false",
+                   help="skip the uniform and geometric configurations (front, custom and depth only)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-minutes", type=float, default=1e9, help="stop scoring after this long (rerun to go on)")
     p.add_argument("--work", type=Path, default=Path("runs/rankings"), help="cache and outputs (default runs/rankings)")

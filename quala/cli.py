@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from quala import __version__
-from quala.config import LengthConfig, QualaError, default_model_dir, squad_path
+from quala.config import SCORER_INPUTS, LengthConfig, QualaError, default_model_dir, squad_path
 from quala.longdoc import PASSAGES, WHOLE_TOKENS
 
 
@@ -182,7 +182,8 @@ def cmd_fit_scorer(args) -> None:
     from quala.files import read_json, write_json_atomic
     from quala.scorer import fit_dir
     configs = [lc for c in args.length_configs.split(";") if (lc := LengthConfig.parse(c)) is not None]
-    path = fit_dir(args.model, args.questions, str(args.train_file or ""), args.heldout_fraction, configs)
+    path = fit_dir(args.model, args.questions, str(args.train_file or ""), args.heldout_fraction, configs,
+                   args.inputs)
     print(f"scorer weights written to {path}")
     if not args.keep_ranking:  # only quala.ranking changes: other keys (e.g. transformers' "dtype") stay as they are
         raw = read_json(args.model / "config.json")  # read and checked by fit_dir's model load
@@ -228,6 +229,10 @@ def add_onnx_parsers(sub) -> None:
                    help="also fit on the states these sub-models' layers rank (ratio configurations separated by "
                         "';', e.g. front points at 1.5x, 2x and 3x): a layer that sees fewer tokens has other "
                         "states than at full length (default: full length only)")
+    p.add_argument("--inputs", choices=SCORER_INPUTS, default="question",
+                   help="what each scorer reads: 'states' (the token's input state and attended context) or "
+                        "'question' (those, the state matched to the question's mean state, and the attention the "
+                        "question pays the token; default)")
     p.add_argument("--keep-ranking", action="store_true", help="write the scorers, leave config.json's ranking")
     p.set_defaults(func=cmd_fit_scorer)
 

@@ -7,6 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
+# What the learned ranking's scorers read (quala.modeling.scorer_inputs): "states", or "question" (also matched
+# to the question); the width of a scorer's weights says which
+SCORER_INPUTS = ("states", "question")
+
 
 class QualaError(Exception):
     """An error caused by the user's input (file, option, value): the CLI prints it without a traceback."""

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from quala.config import LengthConfig, ModelConfig, QualaError
+from quala.config import SCORER_INPUTS, LengthConfig, ModelConfig, QualaError
 from quala.files import atomic_write, read_json
 from quala.onnx_ops import (exporting, gather_rows, reshape, scatter_rows, slots_before, slots_from,
                             top_slots)
@@ -39,7 +39,7 @@ class Signals(NamedTuple):
     """What a layer knows when it ranks its token slots (B = batch, K = slots, H = hidden)."""
     probs: torch.Tensor  # (B, heads, K, K) attention probabilities
     valid: torch.Tensor  # (B, K) real tokens
-    queries: torch.Tensor | None  # (B, K) the question's tokens and [CLS]; only for the "question" ranking
+    queries: torch.Tensor | None  # (B, K) the question's tokens and [CLS]; for QUESTION_RANKINGS only
     x: torch.Tensor  # (B, K, H) the layer's input states
     context: torch.Tensor  # (B, K, H) what each slot attended to (before the output projection)
 
@@ -60,12 +60,36 @@ def rank_by_cls(s: Signals, layer: nn.Module) -> torch.Tensor:
     return s.probs[:, :, :1].sum(dim=(1, 2))  # a slice, not an index: a skipped layer in the graph has no slot 0
 
 
+# What a learned scorer reads (quala.scorer fits either; the width of its weights says which):
+# "states": [input state, attended context], 2H values;
+# "question": those, the input state times the mean state of the question's slots (one learned weight per hidden
+# unit: a diagonal bilinear match of token and question), and log(1e-6 + attention the question's slots pay the
+# token): 3H + 1 values. The question is the segment-0 slots, [CLS] and [SEP] included. (SCORER_INPUTS: quala.config)
+
+
+def scorer_width(inputs: str, hidden_size: int) -> int:
+    if inputs not in SCORER_INPUTS:
+        raise QualaError(f"scorer inputs {inputs!r}: choose one of {', '.join(SCORER_INPUTS)}")
+    return 2 * hidden_size if inputs == "states" else 3 * hidden_size + 1
+
+
+def scorer_inputs(s: Signals, inputs: str) -> torch.Tensor:
+    """(B, K, width): what a scorer of kind `inputs` reads at every slot."""
+    parts = [s.x, s.context]
+    if inputs == "question":
+        q = s.queries.to(s.x.dtype)[..., None]
+        question = (s.x * q).sum(1, keepdim=True) / q.sum(1, keepdim=True).clamp(min=1.0)
+        parts += [s.x * question, torch.log(1e-6 + attention_received(s.probs, s.queries))[..., None]]
+    return torch.cat(parts, -1)
+
+
 def rank_by_scorer(s: Signals, layer: nn.Module) -> torch.Tensor:
-    """A learned linear scorer per layer on [input state, attended context] (2H + 1 parameters), fitted to predict
-    where the full-length model puts its answer (quala.scorer)."""
+    """A learned linear scorer per layer on SCORER_INPUTS (2H + 1 or 3H + 2 parameters), fitted to predict where
+    the full-length model puts its answer (quala.scorer)."""
     if layer.scorer is None:
         raise QualaError("ranking 'learned' needs scorer weights: DIR/scorer.safetensors (fitted by quala.scorer.fit)")
-    return layer.scorer(torch.cat([s.x, s.context], -1)).squeeze(-1)
+    inputs = "states" if layer.scorer.in_features == 2 * s.x.shape[-1] else "question"
+    return layer.scorer(scorer_inputs(s, inputs)).squeeze(-1)
 
 
 def rank_by_position(s: Signals, layer: nn.Module) -> torch.Tensor:
@@ -78,6 +102,7 @@ def rank_by_position(s: Signals, layer: nn.Module) -> torch.Tensor:
 # significance of each token slot (B, K), higher is kept first; padded slots are ranked last by Layer.forward
 RANKINGS = {"attention": rank_by_attention, "question": rank_by_question, "cls": rank_by_cls,
             "learned": rank_by_scorer, "position": rank_by_position}
+QUESTION_RANKINGS = ("question", "learned")  # rankings given Signals.queries
 
 
 class QAOutput(NamedTuple):
@@ -140,7 +165,7 @@ class Layer(nn.Module):
                 queries: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """x (B, K, H) over K token slots, valid (B, K) marks real tokens, keep (B,) tokens to keep or None.
 
-        ranking: a key of RANKINGS; "question" needs queries (B, K), the real slots holding a question token or
+        ranking: a key of RANKINGS; QUESTION_RANKINGS need queries (B, K), the real slots holding a question token or
         [CLS]. Returns the new states, their validity and, when tokens were dropped, the slots kept (B, k).
         """
         probs, context = self.attend(x, valid)
@@ -247,8 +272,8 @@ class QualaForQuestionAnswering(nn.Module):
         if token_counts is None and length_config is not None:
             length_config.check(len(self.layers), self.config.max_seq_length)
             token_counts = length_config.token_counts(seq_lens)
-        # the question's tokens and [CLS] (segment 0), followed through the kept slots for the "question" ranking
-        queries = valid & (token_type_ids == 0) if ranking == "question" else None
+        # the question's tokens and [CLS] (segment 0), followed through the kept slots for the rankings that read it
+        queries = valid & (token_type_ids == 0) if ranking in QUESTION_RANKINGS else None
         x = self.embed(input_ids, token_type_ids)
         b, n, h = x.shape[0], x.shape[1], self.config.hidden_size
         full, rows = x, None  # rows: each slot's row in full, flattened to rows once tokens are dropped
@@ -332,6 +357,8 @@ SCORER_FILE = "scorer.safetensors"  # the "learned" ranking's scorers, beside mo
 def attach_scorers(model: QualaForQuestionAnswering, scorers: list[nn.Linear]) -> QualaForQuestionAnswering:
     if len(scorers) != len(model.layers):
         raise QualaError(f"{len(scorers)} scorers for a model of {len(model.layers)} layers")
+    if len({s.in_features for s in scorers}) > 1:
+        raise QualaError(f"scorers of different inputs ({sorted({s.in_features for s in scorers})} values) in one model")
     for layer, scorer in zip(model.layers, scorers):
         layer.scorer = scorer
     return model
@@ -352,7 +379,10 @@ def load_scorers(path: str | os.PathLike, hidden_size: int) -> list[nn.Linear]:
         raise QualaError(f"{path}: cannot read scorer weights ({e})") from None
     scorers = []
     for i in range(len(tensors) // 2):
-        lin = nn.Linear(2 * hidden_size, 1)
+        weight = tensors.get(f"layers.{i}.scorer.weight")
+        widths = [scorer_width(k, hidden_size) for k in SCORER_INPUTS]
+        width = weight.shape[-1] if weight is not None and weight.shape[-1] in widths else widths[0]
+        lin = nn.Linear(width, 1)
         try:
             lin.load_state_dict({k: tensors[f"layers.{i}.scorer.{k}"] for k in ("weight", "bias")})
         except (KeyError, RuntimeError) as e:

@@ -1,14 +1,17 @@
 """A learned token ranking: one linear scorer per layer, fitted to where the full-length model puts its answer.
 
 Block-skimming QA methods learn which parts of a context the answer needs; this is the smallest version of that
-idea. Each layer's scorer reads what the layer already has when it ranks its tokens, the input state and the
-context it attended to ([x, context], 2H values, so 769 parameters at H = 384), and predicts how much of the
-full-length model's answer probability lies near the token: log(1e-4 + max over the tokens within `RADIUS` of the
-start plus end probability), with the question, [CLS] and [SEP] given the top target so they are kept first. The
-weights are a ridge regression on SQuAD *training* features (closed form, no gradient steps), so fitting takes one
-forward pass over the features per configuration; the backbone is unchanged. By default the states are those of
-the full-length run; `configs` adds the states each layer ranks when the model already drops tokens (a sub-model's
-layers see fewer tokens than at full length, so their states differ from the ones a full-length fit saw). Used as ranking "learned"; quala.modeling saves them as DIR/scorer.safetensors.
+idea. Each layer's scorer reads what the layer already has when it ranks its tokens (quala.config.SCORER_INPUTS):
+the input state and the context it attended to ([x, context], 2H values, 769 parameters at H = 384), and by
+default ("question") also each state matched to the question's mean state and the attention the question pays the
+token (3H + 1 values). It predicts how much of the full-length model's answer probability lies near the token:
+log(1e-4 + max over the tokens within `RADIUS` of the start plus end probability), with the question, [CLS] and
+[SEP] given the top target so they are kept first. The weights are a ridge regression on SQuAD *training* features
+(closed form, no gradient steps), so fitting takes one forward pass over the features per configuration; the
+backbone is unchanged. By default the states are those of the full-length run; `configs` adds the states each
+layer ranks when the model already drops tokens (a sub-model's layers see fewer tokens than at full length, so
+their states differ from the ones a full-length fit saw). Used as ranking "learned"; quala.modeling saves them as
+DIR/scorer.safetensors.
 """
 from __future__ import annotations
 
@@ -24,7 +27,8 @@ from torch import nn
 
 from quala.config import LengthConfig, QualaError, squad_path
 from quala.data import Example, Feature, collate, length_grouped_batches, load_squad, make_features, split_articles
-from quala.modeling import SCORER_FILE, QualaForQuestionAnswering, attach_scorers, save_scorers
+from quala.modeling import (QUESTION_RANKINGS, SCORER_FILE, QualaForQuestionAnswering, Signals, attach_scorers,
+                            save_scorers, scorer_inputs, scorer_width)
 from quala.tokenizer import load_tokenizer
 
 RADIUS = 8  # tokens either side of a likely answer token that count as its neighbourhood
@@ -43,17 +47,19 @@ def targets(start_logits: np.ndarray, end_logits: np.ndarray, context: np.ndarra
 
 
 def fit(model: QualaForQuestionAnswering, features: list[Feature], batch_size: int = 32,
-        configs: Sequence[LengthConfig | None] = (None,)) -> list[nn.Linear]:
+        configs: Sequence[LengthConfig | None] = (None,), inputs: str | None = None) -> list[nn.Linear]:
     """Ridge-regression scorers for every layer from runs over `features` (training data only) under each of
     `configs` (None: full length; a length config: the states its layers rank, the tokens its earlier layers kept
-    under the model's current ranking). Each run's rows count alike. The normal equations are summed in float64 on
-    the model's device, one matrix product per batch, configuration and layer."""
+    under the model's current ranking). Each run's rows count alike. inputs: what the scorers read
+    (quala.config.SCORER_INPUTS; None: what the model's scorers read, "question" if it has none). The normal
+    equations are summed in float64 on the model's device, one matrix product per batch, configuration and layer."""
     model.eval()
     layers = len(model.layers)
-    h = model.config.hidden_size
+    inputs = inputs or current_inputs(model)
+    width = scorer_width(inputs, model.config.hidden_size) + 1  # and the bias
     device = next(model.parameters()).device
-    xtx = [torch.zeros(2 * h + 1, 2 * h + 1, dtype=torch.float64, device=device) for _ in range(layers)]
-    xty = [torch.zeros(2 * h + 1, dtype=torch.float64, device=device) for _ in range(layers)]
+    xtx = [torch.zeros(width, width, dtype=torch.float64, device=device) for _ in range(layers)]
+    xty = [torch.zeros(width, dtype=torch.float64, device=device) for _ in range(layers)]
     for lc in configs:
         if lc is not None:
             lc.check(layers, model.config.max_seq_length)
@@ -74,9 +80,9 @@ def fit(model: QualaForQuestionAnswering, features: list[Feature], batch_size: i
         for lc in configs:
             counts = None if lc is None else lc.token_counts(mask.sum(1))
             with torch.no_grad():
-                states = layer_inputs(model, ids, mask, types, counts)
-            for layer, (x, ctx, valid, positions) in enumerate(states):
-                a = torch.cat([x[valid], ctx[valid], torch.ones(int(valid.sum()), 1, device=device)], 1).double()
+                states = layer_inputs(model, ids, mask, types, counts, inputs)
+            for layer, (x, valid, positions) in enumerate(states):
+                a = torch.cat([x[valid], torch.ones(int(valid.sum()), 1, device=device)], 1).double()
                 xtx[layer] += a.T @ a
                 xty[layer] += a.T @ y.gather(1, positions)[valid]
     xtx = [m.cpu().numpy() for m in xtx]
@@ -86,7 +92,7 @@ def fit(model: QualaForQuestionAnswering, features: list[Feature], batch_size: i
         ridge = RIDGE * np.trace(xtx[layer]) / len(xtx[layer]) * np.eye(len(xtx[layer]))
         ridge[-1, -1] = 0.0  # no penalty on the bias
         w = np.linalg.solve(xtx[layer] + ridge, xty[layer])
-        lin = nn.Linear(2 * h, 1)
+        lin = nn.Linear(width - 1, 1)
         with torch.no_grad():
             lin.weight.copy_(torch.as_tensor(w[:-1], dtype=torch.float32)[None, :])
             lin.bias.fill_(float(w[-1]))
@@ -95,36 +101,50 @@ def fit(model: QualaForQuestionAnswering, features: list[Feature], batch_size: i
 
 
 def fit_with_sub_models(model: QualaForQuestionAnswering, features: list[Feature],
-                        configs: Sequence[LengthConfig] = (), refit: bool = False) -> list[nn.Linear]:
+                        configs: Sequence[LengthConfig] = (), refit: bool = False, inputs: str | None = None
+                        ) -> list[nn.Linear]:
     """Scorers fitted at full length and on the states of `configs`' sub-models, whose tokens are those the model's
     scorers keep: fitted first at full length when it has none (or `refit`). Without configs: the full-length fit."""
+    inputs = inputs or current_inputs(model)
     if not configs:
-        return fit(model, features)
+        return fit(model, features, inputs=inputs)
     if refit or any(layer.scorer is None for layer in model.layers):
-        attach_scorers(model, fit(model, features))
+        attach_scorers(model, fit(model, features, inputs=inputs))
     ranking, model.config.ranking = model.config.ranking, "learned"
     try:
-        return fit(model, features, configs=(None, *configs))
+        return fit(model, features, configs=(None, *configs), inputs=inputs)
     finally:
         model.config.ranking = ranking
 
 
-def layer_inputs(model: QualaForQuestionAnswering, ids, mask, types, token_counts: torch.Tensor | None = None
-                 ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """What each layer ranks its tokens by, per layer: (input states, attended context, real slots, each slot's
-    position in the input), at full length, or with `token_counts` (B, layers) kept as the model's forward keeps
-    them (its ranking, [CLS] first)."""
+def current_inputs(model: QualaForQuestionAnswering) -> str:
+    """What the model's scorers read ("question" when it has none: the default for new fits)."""
+    scorer = model.layers[0].scorer
+    return "states" if scorer is not None and scorer.in_features == scorer_width("states", model.config.hidden_size) \
+        else "question"
+
+
+def layer_inputs(model: QualaForQuestionAnswering, ids, mask, types, token_counts: torch.Tensor | None = None,
+                 inputs: str | None = None) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """What each layer's scorer reads, per layer: (scorer inputs (B, K, width) of kind `inputs` (None: what the
+    model's scorers read), real slots, each slot's position in the input), at full length, or with `token_counts`
+    (B, layers) kept as the model's forward keeps them (its ranking, [CLS] first)."""
+    inputs = inputs or current_inputs(model)
     valid = mask.bool()
+    queries = valid & (types == 0)
+    ranking = model.config.ranking
     x = model.embed(ids, types)
     positions = torch.arange(ids.shape[1], device=ids.device).expand(ids.shape)
     current = valid.sum(1)
     out = []
     for i, layer in enumerate(model.layers):
-        out.append((x, layer.attend(x, valid)[1], valid, positions))
+        probs, context = layer.attend(x, valid)
+        out.append((scorer_inputs(Signals(probs, valid, queries, x, context), inputs), valid, positions))
         keep = None if token_counts is None else torch.minimum(token_counts[:, i], current).clamp(min=1)
-        x, valid, slots = layer(x, valid, keep, model.config.ranking)
+        x, valid, slots = layer(x, valid, keep, ranking, queries if ranking in QUESTION_RANKINGS else None)
         if slots is not None:
             positions, current = positions.gather(1, slots), keep
+            queries = queries.gather(1, slots) & valid
     return out
 
 
@@ -142,10 +162,11 @@ def fitting_examples(model: QualaForQuestionAnswering, questions: int, train_fil
 
 
 def fit_dir(model_dir: str | os.PathLike, questions: int = 2000, train_file: str = "",
-            heldout_fraction: float | None = None, configs: Sequence[LengthConfig] = ()) -> Path:
+            heldout_fraction: float | None = None, configs: Sequence[LengthConfig] = (), inputs: str = "question"
+            ) -> Path:
     """Fit the scorers of a model directory's float weights and save them as DIR/scorer.safetensors: on
     full-length states, and with `configs` also on the states of those sub-models, ranked by the directory's
-    scorers (fitted first at full length when it has none)."""
+    scorers (fitted first at full length when it has none, or when they read other inputs)."""
     model_dir = Path(model_dir)
     model = QualaForQuestionAnswering.from_pretrained(model_dir)
     c = model.config
@@ -154,7 +175,8 @@ def fit_dir(model_dir: str | os.PathLike, questions: int = 2000, train_file: str
     features = make_features(fitting_examples(model, questions, train_file, heldout_fraction),
                              load_tokenizer(model_dir), c.max_seq_length, c.doc_stride, c.max_query_length)
     t0 = time.perf_counter()
-    path = save_scorers(fit_with_sub_models(model, features, configs), model_dir / SCORER_FILE)
+    refit = current_inputs(model) != inputs
+    path = save_scorers(fit_with_sub_models(model, features, configs, refit, inputs), model_dir / SCORER_FILE)
     print(f"scorers fitted on {len(features)} training features under {1 + len(configs)} configuration(s) in "
           f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
     return path

@@ -7,14 +7,14 @@ import torch
 from quala import scorer
 from quala.config import LengthConfig, QualaError
 from quala.export import export_onnx, token_counts
-from quala.modeling import SCORER_FILE, QualaForQuestionAnswering, attach_scorers, load
+from quala.modeling import SCORER_FILE, QualaForQuestionAnswering, attach_scorers, load, scorer_width
 from tests.conftest import tiny_config
 from tests.test_modeling import batch, popularity_layer
 
 
-def random_scorers(model, seed: int = 0) -> list:
+def random_scorers(model, seed: int = 0, inputs: str = "states") -> list:
     torch.manual_seed(seed)
-    return [torch.nn.Linear(2 * model.config.hidden_size, 1) for _ in model.layers]
+    return [torch.nn.Linear(scorer_width(inputs, model.config.hidden_size), 1) for _ in model.layers]
 
 
 def test_targets_peak_near_the_answer_and_keep_the_question():
@@ -36,8 +36,8 @@ def test_fitted_scorers_rank_like_their_targets(tiny_model_dir, dev_examples, to
     ids, mask, types = (torch.as_tensor(b[k]) for k in ("input_ids", "attention_mask", "token_type_ids"))
     with torch.no_grad():
         out = model(ids, mask, types)
-        x, ctx, _, _ = scorer.layer_inputs(model, ids, mask, types)[-1]
-        predicted = scorers[-1](torch.cat([x, ctx], -1)).squeeze(-1)
+        inputs, _, _ = scorer.layer_inputs(model, ids, mask, types)[-1]
+        predicted = scorers[-1](inputs).squeeze(-1)
     corr = []
     for row, f in enumerate(features[:8]):
         n = len(f)
@@ -60,17 +60,17 @@ def test_sub_model_states_follow_the_tokens_the_model_keeps(tiny_model_dir, dev_
     with torch.no_grad():
         kept = model(ids, mask, types, lc).kept
         states = scorer.layer_inputs(model, ids, mask, types, lc.token_counts(mask.sum(1)))
-    assert torch.equal(states[0][3], torch.arange(ids.shape[1]).expand(ids.shape))
+    assert torch.equal(states[0][2], torch.arange(ids.shape[1]).expand(ids.shape))
     for i in range(len(states) - 1):
-        x, ctx, valid, positions = states[i]
-        assert torch.equal(states[i + 1][2].sum(1), kept[:, i])
+        inputs, valid, positions = states[i]
+        assert torch.equal(states[i + 1][1].sum(1), kept[:, i])
         with torch.no_grad():
-            score = model.layers[i].scorer(torch.cat([x, ctx], -1)).squeeze(-1).masked_fill(~valid, -torch.inf)
+            score = model.layers[i].scorer(inputs).squeeze(-1).masked_fill(~valid, -torch.inf)
         for row in range(len(ids)):
             k = int(kept[row, i])
             best = positions[row][score[row, 1:].topk(k - 1).indices + 1].tolist()
-            assert states[i + 1][3][row, :k].tolist() == [0] + best
-            assert not torch.isin(states[i + 1][3][row, :k], torch.nonzero(mask[row] == 0).flatten()).any()
+            assert states[i + 1][2][row, :k].tolist() == [0] + best
+            assert not torch.isin(states[i + 1][2][row, :k], torch.nonzero(mask[row] == 0).flatten()).any()
 
 
 def test_a_fit_on_sub_models_reads_each_slots_own_target(tiny_model_dir, dev_examples, tokenizer):
@@ -111,15 +111,17 @@ def test_learned_ranking_keeps_exactly_the_tokens_its_scorer_ranks_highest():
     assert slots != by_attention
 
 
-def test_scorers_are_saved_beside_the_weights_and_required(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("inputs", ["states", "question"])
+def test_scorers_are_saved_beside_the_weights_and_required(tiny_model_dir, tmp_path, inputs):
     model, _ = load(tiny_model_dir)
     ids, mask, types = batch(2, 30)
     with pytest.raises(QualaError, match="needs scorer weights"):
         model(ids, mask, types, LengthConfig((0.8, 0.5, 0.3)), ranking="learned")
-    attach_scorers(model, random_scorers(model))
+    attach_scorers(model, random_scorers(model, inputs=inputs))
     model.save_pretrained(tmp_path / "m")
     assert (tmp_path / "m" / SCORER_FILE).is_file()
     again = QualaForQuestionAnswering.from_pretrained(tmp_path / "m")
+    assert again.layers[0].scorer.in_features == scorer_width(inputs, model.config.hidden_size)
     with torch.no_grad():
         a = model(ids, mask, types, LengthConfig((0.8, 0.5, 0.3)), ranking="learned")
         b = again(ids, mask, types, LengthConfig((0.8, 0.5, 0.3)), ranking="learned")
@@ -128,14 +130,16 @@ def test_scorers_are_saved_beside_the_weights_and_required(tiny_model_dir, tmp_p
         attach_scorers(model, random_scorers(model)[:2])
 
 
-def test_learned_ranking_exports_as_one_graph_with_token_counts(tmp_path):
+@pytest.mark.parametrize("inputs,layer_skips", [("states", False), ("question", False), ("question", True)])
+def test_learned_ranking_exports_as_one_graph_with_token_counts(tmp_path, inputs, layer_skips):
     torch.manual_seed(0)
     model = QualaForQuestionAnswering(tiny_config()).eval()
-    attach_scorers(model, random_scorers(model, seed=1))
-    session = ort.InferenceSession(str(export_onnx(model, tmp_path / "m.onnx", ranking="learned")),
-                                   providers=["CPUExecutionProvider"])
+    attach_scorers(model, random_scorers(model, seed=1, inputs=inputs))
+    session = ort.InferenceSession(str(export_onnx(model, tmp_path / "m.onnx", ranking="learned",
+                                                   layer_skips=layer_skips)), providers=["CPUExecutionProvider"])
     ids, mask, types = batch(4, 50, seed=2)
-    for lc in (None, LengthConfig((0.8, 0.5, 0.25)), LengthConfig((30, 20, 5), "tokens")):
+    configs = [None, LengthConfig((0.8, 0.5, 0.25)), LengthConfig((30, 20, 5), "tokens")]
+    for lc in configs + ([LengthConfig((0.7, 0, 0.3))] if layer_skips else []):
         with torch.no_grad():
             ref = model(ids, mask, types, lc, ranking="learned")
         feed = {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "token_type_ids": types.numpy(),
@@ -215,3 +219,69 @@ def make_fit_features(model, d, data_dir):
     c = model.config
     return make_features(scorer.fitting_examples(model, 20, str(data_dir / "train.json"), 0.25), load_tokenizer(d),
                          c.max_seq_length, c.doc_stride, c.max_query_length)
+
+
+def question_layer(block: slice, hidden: int = 384):
+    """popularity_layer with a question-reading scorer whose weights are 1 on `block` of its inputs, 0 elsewhere."""
+    layer = popularity_layer(hidden)
+    layer.scorer = torch.nn.Linear(scorer_width("question", hidden), 1)
+    with torch.no_grad():
+        layer.scorer.weight.zero_()
+        layer.scorer.weight[0, block] = 1.0
+        layer.scorer.bias.zero_()
+    return layer
+
+
+def test_question_scorer_reads_the_attention_the_question_pays():
+    """Weights only on the last input, log(attention from the question's slots): the tokens kept are exactly the
+    ones the "question" ranking keeps, not the ones attention from every token prefers."""
+    layer = question_layer(slice(-1, None))
+    n, k = 24, 6
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(1, n, 384, generator=g) * 0.1
+    x[0, :, 0] = torch.randperm(n, generator=g).float() / n
+    x[0, 8:, 1] = 1.0  # the context's queries attend to the least popular tokens, the question's (0..7) to the most
+    valid = torch.ones(1, n, dtype=torch.bool)
+    queries = torch.zeros(1, n, dtype=torch.bool)
+    queries[0, :8] = True
+    with torch.no_grad():
+        learned = layer(x, valid, torch.tensor([k]), "learned", queries)[2][0].tolist()
+        question = layer(x, valid, torch.tensor([k]), "question", queries)[2][0].tolist()
+        everyone = layer(x, valid, torch.tensor([k]), "attention", queries)[2][0].tolist()
+    assert learned == question and learned != everyone
+    popular = sorted(range(1, n), key=lambda j: -x[0, j, 0].item())[: k - 1]
+    assert learned == [0] + popular
+
+
+def test_question_scorer_matches_tokens_to_the_question_s_mean_state():
+    """Weights 1 on the x * mean(question x) block: each token scores its dot product with the question's mean
+    state (padding and the context excluded from the mean), and the best-matching tokens are kept."""
+    layer = question_layer(slice(2 * 384, 3 * 384))
+    n, k = 20, 5
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(1, n, 384, generator=g)
+    valid = torch.ones(1, n, dtype=torch.bool)
+    valid[0, -3:] = False
+    queries = torch.zeros(1, n, dtype=torch.bool)
+    queries[0, :5] = True
+    x[0, -3:] = 100.0  # padding: must not move the question's mean
+    with torch.no_grad():
+        slots = layer(x, valid, torch.tensor([k]), "learned", queries)[2][0].tolist()
+    match = x[0] @ x[0, :5].mean(0)
+    best = sorted(range(1, n - 3), key=lambda j: -match[j].item())[: k - 1]
+    assert slots == [0] + best
+
+
+def test_fit_scorer_inputs_option(tiny_model_dir, data_dir, tmp_path):
+    import shutil
+
+    from quala.cli import main
+    d = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, d)
+    args = ["fit-scorer", "--model", str(d), "--train-file", str(data_dir / "train.json"), "--questions", "20",
+            "--heldout-fraction", "0.25"]
+    h = QualaForQuestionAnswering.from_pretrained(d).config.hidden_size
+    for inputs, width in (("states", 2 * h), (None, 3 * h + 1), ("states", 2 * h)):
+        assert main(args + (["--inputs", inputs] if inputs else [])) == 0
+        model = QualaForQuestionAnswering.from_pretrained(d)
+        assert {layer.scorer.in_features for layer in model.layers} == {width}
