@@ -126,12 +126,13 @@ class OnnxPredictor:
         try:
             model = onnx.load(str(self.path))
             self.int8_kernel = int8_kernel_of(model)
-            if self.int8_kernel == "u8s8" and kernel == "u8u8":
+            source: str | bytes = str(self.path)
+            if self.int8_kernel == "u8s8" and kernel == "u8u8":  # rewritten in memory, the file stays as it is
                 from quala.quantize import unsigned_weights
                 unsigned_weights(model)
                 self.int8_kernel = "u8u8"
-            self.session = ort.InferenceSession(model.SerializeToString(), options,
-                                                providers=["CPUExecutionProvider"],
+                source = model.SerializeToString()
+            self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"],
                                                 disabled_optimizers=list(DISABLED_FUSIONS))
         except QualaError:
             raise
