@@ -359,7 +359,7 @@ def run(args) -> None:
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as scratch:
         rows = build_rows(args, model_dir, config, Path(scratch))
-        kernel = rows[next(i for i, r in enumerate(rows) if r.get("int8"))]["predictor"].int8_kernel
+        kernel = next(r for r in rows if r.get("int8"))["predictor"].int8_kernel
         peak = int8_gemm_peak(args.threads, kernel)
         for b in (1, 32):
             time_rows(rows, features, b, args.repeats)

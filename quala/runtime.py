@@ -51,15 +51,19 @@ INT8_KERNELS = ("auto", "u8s8", "u8u8")
 INT8_KERNEL_ENV = "QUALA_INT8_KERNEL"
 
 
-def cpu_flags() -> frozenset[str]:
-    """The first CPU's flags in /proc/cpuinfo (empty where there is none)."""
+def first_cpu() -> dict[str, str] | None:
+    """The first CPU's entries in /proc/cpuinfo (None where there is no such file)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return frozenset()
-    first = dict((k.strip(), v.strip()) for k, _, v in
-                 (line.partition(":") for line in text.split("\n\n")[0].splitlines()))
-    return frozenset(first.get("flags", "").split())
+        return None
+    return dict((k.strip(), v.strip()) for k, _, v in
+                (line.partition(":") for line in text.split("\n\n")[0].splitlines()))
+
+
+def cpu_flags() -> frozenset[str]:
+    """The first CPU's flags (empty where /proc/cpuinfo is missing)."""
+    return frozenset((first_cpu() or {}).get("flags", "").split())
 
 
 def u8s8_exact(flags: frozenset[str] | None = None) -> bool:
@@ -87,13 +91,10 @@ def choose_int8_kernel(kernel: str | None = None, flags: frozenset[str] | None =
 def cpu_description() -> str:
     """The CPU and the instruction sets INT8/bf16 speed depends on, for every benchmark table: e.g. 'AMD EPYC
     (family 26 model 2), 2 CPUs / 2 physical cores, avx2 avx512f avx512_vnni avx512_bf16'."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
+    first = first_cpu()
+    if first is None:
         import platform
         return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
-    first = dict((k.strip(), v.strip()) for k, _, v in
-                 (line.partition(":") for line in text.split("\n\n")[0].splitlines()))
     flags = set(first.get("flags", "").split())
     isa = " ".join(f for f in ISA_FLAGS if f in flags) or "no AVX2"
     return (f"{first.get('model name', 'unknown CPU')} (family {first.get('cpu family', '?')} model "
