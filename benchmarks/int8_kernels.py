@@ -105,13 +105,16 @@ def run(args) -> None:
         predictors[f"{models[0].name} fp32"] = TorchPredictor(QualaForQuestionAnswering.from_pretrained(models[0]))
     names = list(predictors)
     print(f"\n{len(examples)} held-out training questions ({len(features)} windows) from {args.offset}, F1:\n")
-    print("| configuration | " + " | ".join(names) + " | max start-logit difference, first two |")
-    print("| --- | " + " | ".join("---:" for _ in names) + " | ---: |")
+    compared = len(names) > 1  # the logits of the first two columns, side by side
+    print("| configuration | " + " | ".join(names) + " |" + (" max start-logit difference, first two |" * compared))
+    print("| --- | " + " | ".join("---:" for _ in names) + " |" + (" ---: |" * compared))
     for text, lc in configs:
         f1 = [evaluate(predictors[n], tokenizer, examples, lc, features=features, progress=False).f1 for n in names]
-        first, second = (run_features(predictors[n], features, lc, progress=False)[0] for n in names[:2])
-        diff = max(float(np.abs(a - b).max()) for a, b in zip(first, second))
-        print(f"| {text} | " + " | ".join(f"{v:.2f}" for v in f1) + f" | {diff:.3f} |", flush=True)
+        row = f"| {text} | " + " | ".join(f"{v:.2f}" for v in f1) + " |"
+        if compared:
+            first, second = (run_features(predictors[n], features, lc, progress=False)[0] for n in names[:2])
+            row += f" {max(float(np.abs(a - b).max()) for a, b in zip(first, second)):.3f} |"
+        print(row, flush=True)
 
 
 if __name__ == "__main__":

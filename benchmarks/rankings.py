@@ -114,11 +114,15 @@ def attach_scorer(model, tokenizer, data: dict, args) -> None:
                                  model.config.max_query_length)
         t0 = time.perf_counter()
         configs = [lc for c in args.fit_configs.split(";") if (lc := LengthConfig.parse(c)) is not None]
+        if args.scorer_inputs == "lexical":
+            model.lexicon = scorer.fit_lexicon(scorer.fitting_examples(model, 10 ** 9, data["train_file"],
+                                                                       data["heldout_fraction"]),
+                                               tokenizer, model.config.vocab_size)
         save_scorers(scorer.fit_with_sub_models(model, features, configs, refit=True, inputs=args.scorer_inputs),
-                     path)
+                     path, model.lexicon if args.scorer_inputs == "lexical" else None)
         print(f"scorer fitted on {len(features)} training features in {time.perf_counter() - t0:.0f} s: {path}",
               file=sys.stderr)
-    attach_scorers(model, load_scorers(path, model.config.hidden_size))
+    attach_scorers(model, *load_scorers(path, model.config.hidden_size))
 
 
 def run(args) -> dict:

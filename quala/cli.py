@@ -229,10 +229,11 @@ def add_onnx_parsers(sub) -> None:
                    help="also fit on the states these sub-models' layers rank (ratio configurations separated by "
                         "';', e.g. front points at 1.5x, 2x and 3x): a layer that sees fewer tokens has other "
                         "states than at full length (default: full length only)")
-    p.add_argument("--inputs", choices=SCORER_INPUTS, default="question",
-                   help="what each scorer reads: 'states' (the token's input state and attended context) or "
+    p.add_argument("--inputs", choices=SCORER_INPUTS, default="lexical",
+                   help="what each scorer reads: 'states' (the token's input state and attended context), "
                         "'question' (those, the state matched to the question's mean state, and the attention the "
-                        "question pays the token; default)")
+                        "question pays the token) or 'lexical' (those, and where the question's rarer word pieces "
+                        "occur in the context and how near: an idf table counted on the training articles; default)")
     p.add_argument("--keep-ranking", action="store_true", help="write the scorers, leave config.json's ranking")
     p.set_defaults(func=cmd_fit_scorer)
 

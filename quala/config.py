@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-# What the learned ranking's scorers read (quala.modeling.scorer_inputs): "states", or "question" (also matched
-# to the question); the width of a scorer's weights says which
-SCORER_INPUTS = ("states", "question")
+# What the learned ranking's scorers read (quala.modeling.scorer_inputs): "states", "question" (also matched to the
+# question) or "lexical" (also where the question's words occur in the context); the width of a scorer's weights
+# says which
+SCORER_INPUTS = ("states", "question", "lexical")
 
 
 class QualaError(Exception):

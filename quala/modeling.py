@@ -4,8 +4,10 @@ Each layer attends over the tokens it receives, ranks them by the attention they
 query positions, padding excluded, [CLS] always first), and runs its feed-forward block only on the top-k of the
 length configuration. A dropped token keeps the last vector it had; before the span head every token is restored
 to its position, so every token gets start and end logits. Other rankings (RANKINGS, one small function each):
-"question" counts only the attention paid by the question's tokens and [CLS], "cls" only [CLS]'s; "position"
-(eager PyTorch only, never exported) keeps the first k tokens, a baseline.
+"question" counts only the attention paid by the question's tokens and [CLS], "cls" only [CLS]'s; "learned" scores
+each token with a fitted linear scorer per layer (quala.scorer), which can also read where the question's words
+occur in the context (lexical_prior); "position" (eager PyTorch only, never exported) keeps the first k tokens, a
+baseline.
 
 A token count of 0 at a layer skips it (depth as a second axis, like LayerDrop in training): no compute there,
 every token keeps its vector. Eager PyTorch skips it in Python; a graph exported with layer skips runs the layer
@@ -42,6 +44,7 @@ class Signals(NamedTuple):
     queries: torch.Tensor | None  # (B, K) the question's tokens and [CLS]; for QUESTION_RANKINGS only
     x: torch.Tensor  # (B, K, H) the layer's input states
     context: torch.Tensor  # (B, K, H) what each slot attended to (before the output projection)
+    prior: torch.Tensor | None = None  # (B, K, LEXICAL_FEATURES) lexical_prior's; for "lexical" scorers only
 
 
 def rank_by_attention(s: Signals, layer: nn.Module) -> torch.Tensor:
@@ -60,36 +63,77 @@ def rank_by_cls(s: Signals, layer: nn.Module) -> torch.Tensor:
     return s.probs[:, :, :1].sum(dim=(1, 2))  # a slice, not an index: a skipped layer in the graph has no slot 0
 
 
-# What a learned scorer reads (quala.scorer fits either; the width of its weights says which):
+# What a learned scorer reads (quala.scorer fits each; the width of its weights says which):
 # "states": [input state, attended context], 2H values;
 # "question": those, the input state times the mean state of the question's slots (one learned weight per hidden
 # unit: a diagonal bilinear match of token and question), and log(1e-6 + attention the question's slots pay the
-# token): 3H + 1 values. The question is the segment-0 slots, [CLS] and [SEP] included. (SCORER_INPUTS: quala.config)
+# token): 3H + 1 values. The question is the segment-0 slots, [CLS] and [SEP] included;
+# "lexical": those and lexical_prior's LEXICAL_FEATURES values: 3H + 1 + LEXICAL_FEATURES.
+# (SCORER_INPUTS: quala.config)
+LEXICAL_SPREADS = (4.0, 16.0, 48.0)  # token distances over which a question word found in the context counts
+LEXICAL_FEATURES = 2 + len(LEXICAL_SPREADS)
 
 
 def scorer_width(inputs: str, hidden_size: int) -> int:
     if inputs not in SCORER_INPUTS:
         raise QualaError(f"scorer inputs {inputs!r}: choose one of {', '.join(SCORER_INPUTS)}")
-    return 2 * hidden_size if inputs == "states" else 3 * hidden_size + 1
+    return {"states": 2 * hidden_size, "question": 3 * hidden_size + 1,
+            "lexical": 3 * hidden_size + 1 + LEXICAL_FEATURES}[inputs]
+
+
+def scorer_kind(width: int, hidden_size: int) -> str:
+    """Which SCORER_INPUTS a scorer of `width` inputs reads."""
+    for inputs in SCORER_INPUTS:
+        if scorer_width(inputs, hidden_size) == width:
+            return inputs
+    raise QualaError(f"a scorer of {width} inputs fits no kind of {', '.join(SCORER_INPUTS)} at hidden size "
+                     f"{hidden_size}")
 
 
 def scorer_inputs(s: Signals, inputs: str) -> torch.Tensor:
     """(B, K, width): what a scorer of kind `inputs` reads at every slot."""
     parts = [s.x, s.context]
-    if inputs == "question":
+    if inputs in ("question", "lexical"):
         q = s.queries.to(s.x.dtype)[..., None]
         question = (s.x * q).sum(1, keepdim=True) / q.sum(1, keepdim=True).clamp(min=1.0)
         parts += [s.x * question, torch.log(1e-6 + attention_received(s.probs, s.queries))[..., None]]
+    if inputs == "lexical":
+        if s.prior is None:
+            raise QualaError("a 'lexical' scorer needs the model's lexicon (DIR/scorer.safetensors, "
+                             "fitted by quala.scorer)")
+        parts.append(s.prior.to(s.x.dtype))
     return torch.cat(parts, -1)
 
 
+def lexical_prior(input_ids: torch.Tensor, valid: torch.Tensor, queries: torch.Tensor, idf: torch.Tensor
+                  ) -> torch.Tensor:
+    """(B, N, LEXICAL_FEATURES) per input position, from the token ids alone: is it the question's (segment 0);
+    its match, the inverse document frequency of a context token whose word piece the question also has (0 for
+    others); and log(0.01 + that match averaged over the context with weights exp(-distance / d)) for each d of
+    LEXICAL_SPREADS. Answers sit near the rarer question words the context repeats: on held-out SQuAD windows,
+    keeping 60% of the tokens by the 16-token spread alone keeps the answer in 84% of them, against 50% for the
+    first layer's learned scorer on hidden states. Special tokens have idf 0 and never match."""
+    dtype = idf.dtype
+    weight = idf[input_ids]
+    asked = (queries & (weight > 0)).to(dtype)
+    context = (valid & ~queries).to(dtype)
+    same = (input_ids[:, :, None] == input_ids[:, None, :]).to(dtype)
+    match = weight * context * ((same @ asked[..., None])[..., 0] > 0).to(dtype)
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device).to(dtype)
+    distance = (positions[:, None] - positions[None, :]).abs()
+    features = [queries.to(dtype), match]
+    for spread in LEXICAL_SPREADS:
+        near = torch.exp(distance / -spread)[None] * context[:, None, :]
+        features.append(torch.log(0.01 + (near @ match[..., None])[..., 0] / near.sum(-1).clamp(min=1e-6)))
+    return torch.stack(features, -1)
+
+
 def rank_by_scorer(s: Signals, layer: nn.Module) -> torch.Tensor:
-    """A learned linear scorer per layer on SCORER_INPUTS (2H + 1 or 3H + 2 parameters), fitted to predict where
-    the full-length model puts its answer (quala.scorer)."""
+    """A learned linear scorer per layer on SCORER_INPUTS (2H + 1, 3H + 2 or 3H + 2 + LEXICAL_FEATURES
+    parameters), fitted to predict where the full-length model puts its answer (quala.scorer)."""
     if layer.scorer is None:
         raise QualaError("ranking 'learned' needs scorer weights: DIR/scorer.safetensors (fitted by quala.scorer.fit)")
-    inputs = "states" if layer.scorer.in_features == 2 * s.x.shape[-1] else "question"
-    return layer.scorer(scorer_inputs(s, inputs)).squeeze(-1)
+    return layer.scorer(scorer_inputs(s, scorer_kind(layer.scorer.in_features, s.x.shape[-1]))).squeeze(-1)
 
 
 def rank_by_position(s: Signals, layer: nn.Module) -> torch.Tensor:
@@ -162,16 +206,18 @@ class Layer(nn.Module):
         return qkv.split(self.query.out_features, dim=-1)
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor, keep: torch.Tensor | None, ranking: str = "attention",
-                queries: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                queries: torch.Tensor | None = None, prior: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """x (B, K, H) over K token slots, valid (B, K) marks real tokens, keep (B,) tokens to keep or None.
 
         ranking: a key of RANKINGS; QUESTION_RANKINGS need queries (B, K), the real slots holding a question token or
-        [CLS]. Returns the new states, their validity and, when tokens were dropped, the slots kept (B, k).
+        [CLS]; "lexical" scorers also the slots' lexical_prior (B, K, LEXICAL_FEATURES). Returns the new states,
+        their validity and, when tokens were dropped, the slots kept (B, k).
         """
         probs, context = self.attend(x, valid)
         slots = None
         if keep is not None:
-            signals = Signals(probs, valid, queries, x, context)
+            signals = Signals(probs, valid, queries, x, context, prior)
             significance = RANKINGS[ranking](signals, self).float().masked_fill(~valid, -torch.inf)
             significance = F.pad(significance[:, 1:], (1, 0), value=float("inf"))  # slot 0 is always [CLS]
             # k as a tensor: the ONNX exporter traces it as a runtime value (TopK's k), not a constant
@@ -207,24 +253,28 @@ def restore_rows(flat: torch.Tensor, rows: torch.Tensor, valid: torch.Tensor, x:
     return scatter_rows(flat, torch.where(valid, rows, scratch), x)
 
 
-def run_or_skip(layer: Layer, x: torch.Tensor, valid: torch.Tensor, queries: torch.Tensor | None, rows: torch.Tensor,
-                keep: torch.Tensor, current: torch.Tensor, ranking: str) -> tuple:
+def run_or_skip(layer: Layer, x: torch.Tensor, valid: torch.Tensor, queries: torch.Tensor | None,
+                prior: torch.Tensor | None, rows: torch.Tensor, keep: torch.Tensor, current: torch.Tensor, ranking: str
+                ) -> tuple:
     """One layer as the exported graph runs it: on all of its slots, or on none when every row's count is 0 (the
     layer skipped), without a branch: the layer runs on the first m slots, m = all or 0, and the slots from m on
-    pass through unchanged. Returns x, valid, queries, rows, the tokens kept (0 when skipped) and the tokens passed
-    on to the next layer."""
+    pass through unchanged. Returns x, valid, queries, prior, rows, the tokens kept (0 when skipped) and the tokens
+    passed on to the next layer."""
     active = (keep.max() > 0).long()
     keep = torch.maximum(keep, active)  # in a layer that runs, every row keeps at least [CLS]
     m = active * x.shape[1]
     part = None if queries is None else slots_before(queries, m)
-    y, y_valid, slots = layer(slots_before(x, m), slots_before(valid, m), keep, ranking, part)
+    prior_part = None if prior is None else slots_before(prior, m)
+    y, y_valid, slots = layer(slots_before(x, m), slots_before(valid, m), keep, ranking, part, prior_part)
 
     def join(done: torch.Tensor, passed: torch.Tensor) -> torch.Tensor:
         return torch.cat([done, slots_from(passed, m)], 1)
 
     if queries is not None:
         queries = join(part.gather(1, slots) & y_valid, queries)
-    return (join(y, x), join(y_valid, valid), queries, join(rows.gather(1, slots), rows), keep,
+    if prior is not None:
+        prior = join(gather_rows(prior_part, slots), prior)
+    return (join(y, x), join(y_valid, valid), queries, prior, join(rows.gather(1, slots), rows), keep,
             torch.where(active > 0, keep, current))
 
 
@@ -236,6 +286,8 @@ class QualaForQuestionAnswering(nn.Module):
         self.layers = nn.ModuleList(Layer(config) for _ in range(config.num_hidden_layers))
         self.qa_outputs = nn.Linear(config.hidden_size, 2)
         self.graph_layer_skips = False  # set by quala.export while tracing a graph that can skip layers
+        # inverse document frequency per word piece, for "lexical" scorers (lexical_prior); saved with the scorers
+        self.register_buffer("lexicon", None, persistent=False)
         self.apply(self._init_weights)
 
     @staticmethod
@@ -244,6 +296,12 @@ class QualaForQuestionAnswering(nn.Module):
             nn.init.normal_(m.weight, std=0.02)
         if isinstance(m, nn.Linear) and m.bias is not None:
             nn.init.zeros_(m.bias)
+
+    @property
+    def reads_lexicon(self) -> bool:
+        """Whether the learned ranking's scorers read lexical_prior (kind "lexical")."""
+        scorer = self.layers[0].scorer
+        return scorer is not None and scorer_kind(scorer.in_features, self.config.hidden_size) == "lexical"
 
     @property
     def default_length_config(self) -> LengthConfig | None:
@@ -274,6 +332,8 @@ class QualaForQuestionAnswering(nn.Module):
             token_counts = length_config.token_counts(seq_lens)
         # the question's tokens and [CLS] (segment 0), followed through the kept slots for the rankings that read it
         queries = valid & (token_type_ids == 0) if ranking in QUESTION_RANKINGS else None
+        prior = lexical_prior(input_ids, valid, queries, self.lexicon) if ranking == "learned" and self.reads_lexicon \
+            else None
         x = self.embed(input_ids, token_type_ids)
         b, n, h = x.shape[0], x.shape[1], self.config.hidden_size
         full, rows = x, None  # rows: each slot's row in full, flattened to rows once tokens are dropped
@@ -288,15 +348,16 @@ class QualaForQuestionAnswering(nn.Module):
                 scratch = torch.as_tensor(b * n, device=x.device)
                 full = torch.cat([reshape(full, (-1, h)), full.new_zeros(1, h)])
             if keep is None:
-                x, valid, _ = layer(x, valid, None, ranking, queries)
+                x, valid, _ = layer(x, valid, None, ranking, queries, prior)
             elif exporting() and self.graph_layer_skips:
-                x, valid, queries, rows, keep, current = run_or_skip(layer, x, valid, queries, rows, keep, current,
-                                                                     ranking)
+                x, valid, queries, prior, rows, keep, current = run_or_skip(layer, x, valid, queries, prior, rows,
+                                                                            keep, current, ranking)
             else:
                 keep = keep.clamp(min=1)
-                x, valid, slots = layer(x, valid, keep, ranking, queries)
+                x, valid, slots = layer(x, valid, keep, ranking, queries, prior)
                 rows = rows.gather(1, slots)
                 queries = None if queries is None else queries.gather(1, slots) & valid
+                prior = None if prior is None else gather_rows(prior, slots)
                 current = keep  # the layer kept exactly `keep` real tokens
             # restore: write the kept tokens' new states back into the full sequence
             full = x if rows is None else restore_rows(full, rows, valid, x, scratch)
@@ -328,7 +389,7 @@ class QualaForQuestionAnswering(nn.Module):
         state.update({ours["bert." + k]: v for k, v in hf_state.items() if "bert." + k in ours})
         missing, unexpected = model.load_state_dict(state, strict=False)
         if (path / SCORER_FILE).is_file():
-            attach_scorers(model, load_scorers(path / SCORER_FILE, config.hidden_size))
+            attach_scorers(model, *load_scorers(path / SCORER_FILE, config.hidden_size))
         if "qa_outputs.weight" in missing:  # a backbone without a span head: give it a reproducible one
             with torch.random.fork_rng():
                 torch.manual_seed(0)
@@ -346,7 +407,7 @@ class QualaForQuestionAnswering(nn.Module):
         atomic_write(path / "model.safetensors", lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
         scorers = [layer.scorer for layer in self.layers if layer.scorer is not None]
         if scorers:
-            save_scorers(scorers, path / SCORER_FILE)
+            save_scorers(scorers, path / SCORER_FILE, self.lexicon if self.reads_lexicon else None)
         text = json.dumps(self.config.to_dict(), indent=2) + "\n"
         atomic_write(path / "config.json", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
@@ -354,33 +415,48 @@ class QualaForQuestionAnswering(nn.Module):
 SCORER_FILE = "scorer.safetensors"  # the "learned" ranking's scorers, beside model.safetensors
 
 
-def attach_scorers(model: QualaForQuestionAnswering, scorers: list[nn.Linear]) -> QualaForQuestionAnswering:
+def attach_scorers(model: QualaForQuestionAnswering, scorers: list[nn.Linear], lexicon: torch.Tensor | None = None
+                   ) -> QualaForQuestionAnswering:
+    """Give each layer its scorer; `lexicon` (idf per word piece) is what "lexical" scorers need besides, and a
+    model keeps the one it has when none is given."""
     if len(scorers) != len(model.layers):
         raise QualaError(f"{len(scorers)} scorers for a model of {len(model.layers)} layers")
     if len({s.in_features for s in scorers}) > 1:
         raise QualaError(f"scorers of different inputs ({sorted({s.in_features for s in scorers})} values) in one model")
+    if lexicon is not None:
+        if lexicon.shape != (model.config.vocab_size,):
+            raise QualaError(f"a lexicon of shape {tuple(lexicon.shape)} for a vocabulary of {model.config.vocab_size}")
+        model.lexicon = lexicon.float().to(model.qa_outputs.weight.device)
+    if scorer_kind(scorers[0].in_features, model.config.hidden_size) == "lexical" and model.lexicon is None:
+        raise QualaError("'lexical' scorers need a lexicon (idf per word piece); none was given")
     for layer, scorer in zip(model.layers, scorers):
         layer.scorer = scorer
     return model
 
 
-def save_scorers(scorers: list[nn.Linear], path: str | os.PathLike) -> Path:
+def save_scorers(scorers: list[nn.Linear], path: str | os.PathLike, lexicon: torch.Tensor | None = None) -> Path:
     tensors = {f"layers.{i}.scorer.{k}": v.detach().contiguous() for i, s in enumerate(scorers)
                for k, v in s.state_dict().items()}
+    if lexicon is not None:
+        tensors[LEXICON_KEY] = lexicon.detach().float().cpu().contiguous()
     path = Path(path)
     atomic_write(path, lambda tmp: save_file(tensors, tmp))
     return path
 
 
-def load_scorers(path: str | os.PathLike, hidden_size: int) -> list[nn.Linear]:
+LEXICON_KEY = "lexicon.idf"
+
+
+def load_scorers(path: str | os.PathLike, hidden_size: int) -> tuple[list[nn.Linear], torch.Tensor | None]:
+    """(the scorers of every layer, the lexicon or None)."""
     try:
         tensors = load_file(str(path))
     except Exception as e:
         raise QualaError(f"{path}: cannot read scorer weights ({e})") from None
     scorers = []
-    for i in range(len(tensors) // 2):
+    widths = [scorer_width(k, hidden_size) for k in SCORER_INPUTS]
+    for i in range(sum(k.endswith(".scorer.weight") for k in tensors)):
         weight = tensors.get(f"layers.{i}.scorer.weight")
-        widths = [scorer_width(k, hidden_size) for k in SCORER_INPUTS]
         width = weight.shape[-1] if weight is not None and weight.shape[-1] in widths else widths[0]
         lin = nn.Linear(width, 1)
         try:
@@ -388,7 +464,7 @@ def load_scorers(path: str | os.PathLike, hidden_size: int) -> list[nn.Linear]:
         except (KeyError, RuntimeError) as e:
             raise QualaError(f"{path}: layer {i}'s scorer is missing or of the wrong shape ({e})") from None
         scorers.append(lin)
-    return scorers
+    return scorers, tensors.get(LEXICON_KEY)
 
 
 def hf_names(model: nn.Module) -> dict[str, str]:

@@ -2,9 +2,11 @@
 
 Block-skimming QA methods learn which parts of a context the answer needs; this is the smallest version of that
 idea. Each layer's scorer reads what the layer already has when it ranks its tokens (quala.config.SCORER_INPUTS):
-the input state and the context it attended to ([x, context], 2H values, 769 parameters at H = 384), and by
-default ("question") also each state matched to the question's mean state and the attention the question pays the
-token (3H + 1 values). It predicts how much of the full-length model's answer probability lies near the token:
+the input state and the context it attended to ([x, context], 2H values, 769 parameters at H = 384); "question"
+also each state matched to the question's mean state and the attention the question pays the token (3H + 1
+values); and by default ("lexical") also where the question's rarer word pieces occur in the context and how near
+the token is to them (quala.modeling.lexical_prior, from the token ids and an idf table counted on the training
+articles: the first layer's hidden states barely know yet where the answer is, the question's words do). It predicts how much of the full-length model's answer probability lies near the token:
 log(1e-4 + max over the tokens within `RADIUS` of the start plus end probability), with the question, [CLS] and
 [SEP] given the top target so they are kept first. The weights are a ridge regression on SQuAD *training* features
 (closed form, no gradient steps), so fitting takes one forward pass over the features per configuration; the
@@ -28,7 +30,8 @@ from torch import nn
 from quala.config import LengthConfig, QualaError, squad_path
 from quala.data import Example, Feature, collate, length_grouped_batches, load_squad, make_features, split_articles
 from quala.modeling import (QUESTION_RANKINGS, SCORER_FILE, QualaForQuestionAnswering, Signals, attach_scorers,
-                            save_scorers, scorer_inputs, scorer_width)
+                            lexical_prior, save_scorers, scorer_inputs, scorer_kind, scorer_width)
+from quala.onnx_ops import gather_rows
 from quala.tokenizer import load_tokenizer
 
 RADIUS = 8  # tokens either side of a likely answer token that count as its neighbourhood
@@ -120,32 +123,54 @@ def fit_with_sub_models(model: QualaForQuestionAnswering, features: list[Feature
 def current_inputs(model: QualaForQuestionAnswering) -> str:
     """What the model's scorers read ("question" when it has none: the default for new fits)."""
     scorer = model.layers[0].scorer
-    return "states" if scorer is not None and scorer.in_features == scorer_width("states", model.config.hidden_size) \
-        else "question"
+    return "question" if scorer is None else scorer_kind(scorer.in_features, model.config.hidden_size)
 
 
 def layer_inputs(model: QualaForQuestionAnswering, ids, mask, types, token_counts: torch.Tensor | None = None,
                  inputs: str | None = None) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """What each layer's scorer reads, per layer: (scorer inputs (B, K, width) of kind `inputs` (None: what the
     model's scorers read), real slots, each slot's position in the input), at full length, or with `token_counts`
-    (B, layers) kept as the model's forward keeps them (its ranking, [CLS] first)."""
+    (B, layers) kept as the model's forward keeps them (its ranking, [CLS] first). Kind "lexical" needs the
+    model's lexicon."""
     inputs = inputs or current_inputs(model)
     valid = mask.bool()
     queries = valid & (types == 0)
     ranking = model.config.ranking
+    if inputs == "lexical" and model.lexicon is None:
+        raise QualaError("'lexical' scorer inputs need the model's lexicon (fit_lexicon)")
+    prior = None if model.lexicon is None else lexical_prior(ids, valid, queries, model.lexicon)
     x = model.embed(ids, types)
     positions = torch.arange(ids.shape[1], device=ids.device).expand(ids.shape)
     current = valid.sum(1)
     out = []
     for i, layer in enumerate(model.layers):
         probs, context = layer.attend(x, valid)
-        out.append((scorer_inputs(Signals(probs, valid, queries, x, context), inputs), valid, positions))
+        out.append((scorer_inputs(Signals(probs, valid, queries, x, context, prior), inputs), valid, positions))
         keep = None if token_counts is None else torch.minimum(token_counts[:, i], current).clamp(min=1)
-        x, valid, slots = layer(x, valid, keep, ranking, queries if ranking in QUESTION_RANKINGS else None)
+        question = ranking in QUESTION_RANKINGS
+        x, valid, slots = layer(x, valid, keep, ranking, queries if question else None,
+                                prior if question and model.reads_lexicon else None)
         if slots is not None:
             positions, current = positions.gather(1, slots), keep
             queries = queries.gather(1, slots) & valid
+            prior = None if prior is None else gather_rows(prior, slots)
     return out
+
+
+def fit_lexicon(examples: list[Example], tokenizer, vocab_size: int) -> torch.Tensor:
+    """Inverse document frequency of every word piece over the examples' distinct contexts (training articles),
+    log((1 + contexts) / (1 + contexts holding it)); 0 for the tokenizer's special tokens, which never match."""
+    contexts = sorted({e.context for e in examples})
+    if not contexts:
+        raise QualaError("no contexts to count word pieces in")
+    df = np.zeros(vocab_size)
+    for encoding in tokenizer.base.encode_batch(contexts, add_special_tokens=False):
+        ids = np.unique(encoding.ids)
+        df[ids[ids < vocab_size]] += 1
+    idf = np.log((1 + len(contexts)) / (1 + df))
+    vocab = tokenizer.get_vocab()
+    idf[[vocab[t] for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]") if vocab.get(t, vocab_size) < vocab_size]] = 0
+    return torch.as_tensor(idf, dtype=torch.float32)
 
 
 def fitting_examples(model: QualaForQuestionAnswering, questions: int, train_file: str = "",
@@ -162,11 +187,12 @@ def fitting_examples(model: QualaForQuestionAnswering, questions: int, train_fil
 
 
 def fit_dir(model_dir: str | os.PathLike, questions: int = 2000, train_file: str = "",
-            heldout_fraction: float | None = None, configs: Sequence[LengthConfig] = (), inputs: str = "question"
+            heldout_fraction: float | None = None, configs: Sequence[LengthConfig] = (), inputs: str = "lexical"
             ) -> Path:
     """Fit the scorers of a model directory's float weights and save them as DIR/scorer.safetensors: on
     full-length states, and with `configs` also on the states of those sub-models, ranked by the directory's
-    scorers (fitted first at full length when it has none, or when they read other inputs)."""
+    scorers (fitted first at full length when it has none, or when they read other inputs). "lexical" scorers
+    also get their lexicon, counted on every training article's context, saved in the same file."""
     model_dir = Path(model_dir)
     model = QualaForQuestionAnswering.from_pretrained(model_dir)
     c = model.config
@@ -176,7 +202,11 @@ def fit_dir(model_dir: str | os.PathLike, questions: int = 2000, train_file: str
                              load_tokenizer(model_dir), c.max_seq_length, c.doc_stride, c.max_query_length)
     t0 = time.perf_counter()
     refit = current_inputs(model) != inputs
-    path = save_scorers(fit_with_sub_models(model, features, configs, refit, inputs), model_dir / SCORER_FILE)
+    if inputs == "lexical" and (refit or model.lexicon is None):
+        model.lexicon = fit_lexicon(fitting_examples(model, 10 ** 9, train_file, heldout_fraction),
+                                    load_tokenizer(model_dir), c.vocab_size)
+    lexicon = model.lexicon if inputs == "lexical" else None
+    path = save_scorers(fit_with_sub_models(model, features, configs, refit, inputs), model_dir / SCORER_FILE, lexicon)
     print(f"scorers fitted on {len(features)} training features under {1 + len(configs)} configuration(s) in "
           f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
     return path

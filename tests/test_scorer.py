@@ -7,7 +7,8 @@ import torch
 from quala import scorer
 from quala.config import LengthConfig, QualaError
 from quala.export import export_onnx, token_counts
-from quala.modeling import SCORER_FILE, QualaForQuestionAnswering, attach_scorers, load, scorer_width
+from quala.modeling import (LEXICAL_SPREADS, SCORER_FILE, QualaForQuestionAnswering, attach_scorers, lexical_prior,
+                            load, scorer_width)
 from tests.conftest import tiny_config
 from tests.test_modeling import batch, popularity_layer
 
@@ -15,6 +16,15 @@ from tests.test_modeling import batch, popularity_layer
 def random_scorers(model, seed: int = 0, inputs: str = "states") -> list:
     torch.manual_seed(seed)
     return [torch.nn.Linear(scorer_width(inputs, model.config.hidden_size), 1) for _ in model.layers]
+
+
+def attach_random(model, seed: int = 0, inputs: str = "states"):
+    """Random scorers of kind `inputs`, with a random lexicon (specials at 0) when they read one."""
+    lexicon = None
+    if inputs == "lexical":
+        lexicon = torch.rand(model.config.vocab_size, generator=torch.Generator().manual_seed(seed)) * 8
+        lexicon[:5] = 0.0
+    return attach_scorers(model, random_scorers(model, seed, inputs), lexicon)
 
 
 def test_targets_peak_near_the_answer_and_keep_the_question():
@@ -111,17 +121,18 @@ def test_learned_ranking_keeps_exactly_the_tokens_its_scorer_ranks_highest():
     assert slots != by_attention
 
 
-@pytest.mark.parametrize("inputs", ["states", "question"])
+@pytest.mark.parametrize("inputs", ["states", "question", "lexical"])
 def test_scorers_are_saved_beside_the_weights_and_required(tiny_model_dir, tmp_path, inputs):
     model, _ = load(tiny_model_dir)
     ids, mask, types = batch(2, 30)
     with pytest.raises(QualaError, match="needs scorer weights"):
         model(ids, mask, types, LengthConfig((0.8, 0.5, 0.3)), ranking="learned")
-    attach_scorers(model, random_scorers(model, inputs=inputs))
+    attach_random(model, inputs=inputs)
     model.save_pretrained(tmp_path / "m")
     assert (tmp_path / "m" / SCORER_FILE).is_file()
     again = QualaForQuestionAnswering.from_pretrained(tmp_path / "m")
     assert again.layers[0].scorer.in_features == scorer_width(inputs, model.config.hidden_size)
+    assert (again.lexicon is not None) == (inputs == "lexical") and again.reads_lexicon == (inputs == "lexical")
     with torch.no_grad():
         a = model(ids, mask, types, LengthConfig((0.8, 0.5, 0.3)), ranking="learned")
         b = again(ids, mask, types, LengthConfig((0.8, 0.5, 0.3)), ranking="learned")
@@ -130,11 +141,12 @@ def test_scorers_are_saved_beside_the_weights_and_required(tiny_model_dir, tmp_p
         attach_scorers(model, random_scorers(model)[:2])
 
 
-@pytest.mark.parametrize("inputs,layer_skips", [("states", False), ("question", False), ("question", True)])
+@pytest.mark.parametrize("inputs,layer_skips", [("states", False), ("question", False), ("question", True),
+                                                ("lexical", False), ("lexical", True)])
 def test_learned_ranking_exports_as_one_graph_with_token_counts(tmp_path, inputs, layer_skips):
     torch.manual_seed(0)
     model = QualaForQuestionAnswering(tiny_config()).eval()
-    attach_scorers(model, random_scorers(model, seed=1, inputs=inputs))
+    attach_random(model, seed=1, inputs=inputs)
     session = ort.InferenceSession(str(export_onnx(model, tmp_path / "m.onnx", ranking="learned",
                                                    layer_skips=layer_skips)), providers=["CPUExecutionProvider"])
     ids, mask, types = batch(4, 50, seed=2)
@@ -281,7 +293,86 @@ def test_fit_scorer_inputs_option(tiny_model_dir, data_dir, tmp_path):
     args = ["fit-scorer", "--model", str(d), "--train-file", str(data_dir / "train.json"), "--questions", "20",
             "--heldout-fraction", "0.25"]
     h = QualaForQuestionAnswering.from_pretrained(d).config.hidden_size
-    for inputs, width in (("states", 2 * h), (None, 3 * h + 1), ("states", 2 * h)):
-        assert main(args + (["--inputs", inputs] if inputs else [])) == 0
+    for inputs in ("states", "question", "lexical", "states"):
+        assert main(args + ["--inputs", inputs]) == 0
         model = QualaForQuestionAnswering.from_pretrained(d)
-        assert {layer.scorer.in_features for layer in model.layers} == {width}
+        assert {layer.scorer.in_features for layer in model.layers} == {scorer_width(inputs, h)}
+        assert model.reads_lexicon == (inputs == "lexical")
+
+
+def test_lexical_prior_marks_the_question_s_rarer_words_in_the_context_and_spreads_them():
+    """Question [CLS] 7 8 [SEP] (ids 101, 7, 8, 102), context 20 tokens with word piece 8 at position 14 and 7
+    (idf 0 here: too common) at 6, [SEP] at the end, then padding that repeats 8."""
+    idf = torch.zeros(200)
+    idf[8], idf[9] = 5.0, 3.0
+    ids = torch.tensor([[101, 7, 8, 102] + [9] * 20 + [102, 8, 8]])
+    ids[0, 4 + 10], ids[0, 4 + 2] = 8, 7
+    valid = torch.ones_like(ids, dtype=torch.bool)
+    valid[0, -2:] = False
+    queries = torch.zeros_like(valid)
+    queries[0, :4] = True
+    prior = lexical_prior(ids, valid, queries, idf)[0]
+    assert prior.shape == (27, 2 + len(LEXICAL_SPREADS))
+    assert prior[:, 0].tolist() == [1.0] * 4 + [0.0] * 23  # the question's slots
+    match = prior[:, 1]
+    assert match[14] == 5.0 and match.sum() == 5.0  # only the rare question word, only in the context: 9 is
+    # not the question's, 7 has idf 0, the question's own 8 and the padded 8s do not count, nor [SEP]
+    for f in range(2, prior.shape[1]):
+        spread = prior[4:25, f]
+        assert spread.argmax() == 10 and all(spread[i] >= spread[i + 1] for i in range(10, 20))
+        assert all(spread[i] <= spread[i + 1] for i in range(0, 10))
+    no_match = lexical_prior(ids, valid, torch.zeros_like(valid), idf)[0]
+    assert no_match[:, 1].sum() == 0 and torch.allclose(no_match[:, 2:], torch.full_like(no_match[:, 2:], np.log(0.01)))
+
+
+def test_lexical_scorer_keeps_the_tokens_nearest_the_question_s_words():
+    """A lexical scorer weighted only on the narrowest spread keeps [CLS], then the context tokens closest to the one
+    holding the question's word, whatever attention prefers; reversed weights keep the farthest (the test would see
+    a ranking that keeps the wrong tokens)."""
+    torch.manual_seed(0)
+    model = QualaForQuestionAnswering(tiny_config()).eval()
+    h = model.config.hidden_size
+    width = scorer_width("lexical", h)
+    for sign in (1.0, -1.0):
+        scorers = [torch.nn.Linear(width, 1) for _ in model.layers]
+        with torch.no_grad():
+            for lin in scorers:
+                lin.weight.zero_()
+                lin.bias.zero_()
+                lin.weight[0, -len(LEXICAL_SPREADS)] = sign  # log(0.01 + match spread over the narrowest distance)
+                lin.weight[0, -5] = 100.0  # the question's slots first
+        lexicon = torch.zeros(model.config.vocab_size)
+        lexicon[50] = 4.0
+        attach_scorers(model, scorers, lexicon)
+        ids = torch.tensor([[101, 50, 102] + list(range(60, 140)) + [102]])
+        ids[0, 43] = 50
+        mask, types = torch.ones_like(ids), torch.tensor([[0] * 3 + [1] * 81])
+        kept_slots = []
+        hook = model.layers[0].register_forward_hook(lambda m, i, o: kept_slots.append(o[2][0].tolist()))
+        with torch.no_grad():
+            model(ids, mask, types, token_counts=torch.tensor([[12, 12, 12]]), ranking="learned")
+        hook.remove()
+        kept = kept_slots[0]
+        assert kept[0] == 0 and sorted(kept[1:3]) == [1, 2]  # [CLS] and the question
+        context = list(range(39, 48))
+        assert (sorted(kept[3:]) == sorted(context)) == (sign > 0)
+        if sign < 0:
+            assert 43 not in kept
+
+
+def test_lexical_scorers_need_a_lexicon_of_the_vocabulary_s_size(tiny_model_dir):
+    model, _ = load(tiny_model_dir)
+    with pytest.raises(QualaError, match="need a lexicon"):
+        attach_scorers(model, random_scorers(model, inputs="lexical"))
+    with pytest.raises(QualaError, match="lexicon of shape"):
+        attach_scorers(model, random_scorers(model, inputs="lexical"), torch.ones(7))
+
+
+def test_fit_lexicon_counts_contexts_and_zeroes_the_special_tokens(tokenizer):
+    from quala.data import Example
+    examples = [Example("a", "q", "the cat sat", [], []), Example("b", "q", "the dog ran", [], []),
+                Example("c", "q", "the cat sat", [], [])]  # a repeated context counts once
+    idf = scorer.fit_lexicon(examples, tokenizer, 30522)
+    vocab = tokenizer.get_vocab()
+    assert idf[vocab["the"]] == pytest.approx(np.log(3 / 3)) and idf[vocab["cat"]] == pytest.approx(np.log(3 / 2))
+    assert idf[vocab["zebra"]] == pytest.approx(np.log(3)) and idf[vocab["[CLS]"]] == 0 and idf[vocab["[SEP]"]] == 0
