@@ -110,9 +110,10 @@ def lexical_prior(input_ids: torch.Tensor, valid: torch.Tensor, queries: torch.T
     """(B, N, LEXICAL_FEATURES) per input position, from the token ids alone: is it the question's (segment 0);
     its match, the inverse document frequency of a context token whose word piece the question also has (0 for
     others); and log(0.01 + that match averaged over the context with weights exp(-distance / d)) for each d of
-    LEXICAL_SPREADS. Answers sit near the rarer question words the context repeats: on held-out SQuAD windows,
-    keeping 60% of the tokens by the 16-token spread alone keeps the answer in 84% of them, against 50% for the
-    first layer's learned scorer on hidden states. Special tokens have idf 0 and never match."""
+    LEXICAL_SPREADS. Answers sit near the rarer question words the context repeats, which the first layer's hidden
+    states barely show yet: with these inputs a first layer keeping 59% of the tokens keeps the answer in 78% of
+    held-out windows instead of 50% (benchmarks/answer_survival.py, docs/benchmarks.md). Special tokens have idf 0
+    and never match."""
     dtype = idf.dtype
     weight = idf[input_ids]
     asked = (queries & (weight > 0)).to(dtype)
