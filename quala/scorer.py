@@ -138,7 +138,8 @@ def layer_inputs(model: QualaForQuestionAnswering, ids, mask, types, token_count
     ranking = model.config.ranking
     if inputs == "lexical" and model.lexicon is None:
         raise QualaError("'lexical' scorer inputs need the model's lexicon (fit_lexicon)")
-    prior = None if model.lexicon is None else lexical_prior(ids, valid, queries, model.lexicon)
+    needs_prior = inputs == "lexical" or (ranking in QUESTION_RANKINGS and model.reads_lexicon)
+    prior = lexical_prior(ids, valid, queries, model.lexicon) if needs_prior else None
     x = model.embed(ids, types)
     positions = torch.arange(ids.shape[1], device=ids.device).expand(ids.shape)
     current = valid.sum(1)
@@ -198,13 +199,14 @@ def fit_dir(model_dir: str | os.PathLike, questions: int = 2000, train_file: str
     c = model.config
     for lc in configs:
         lc.check(len(model.layers), c.max_seq_length)
+    tokenizer = load_tokenizer(model_dir)
     features = make_features(fitting_examples(model, questions, train_file, heldout_fraction),
-                             load_tokenizer(model_dir), c.max_seq_length, c.doc_stride, c.max_query_length)
+                             tokenizer, c.max_seq_length, c.doc_stride, c.max_query_length)
     t0 = time.perf_counter()
     refit = current_inputs(model) != inputs
     if inputs == "lexical" and (refit or model.lexicon is None):
         model.lexicon = fit_lexicon(fitting_examples(model, 10 ** 9, train_file, heldout_fraction),
-                                    load_tokenizer(model_dir), c.vocab_size)
+                                    tokenizer, c.vocab_size)
     lexicon = model.lexicon if inputs == "lexical" else None
     path = save_scorers(fit_with_sub_models(model, features, configs, refit, inputs), model_dir / SCORER_FILE, lexicon)
     print(f"scorers fitted on {len(features)} training features under {1 + len(configs)} configuration(s) in "
