@@ -232,8 +232,9 @@ def add_onnx_parsers(sub) -> None:
     p.add_argument("--inputs", choices=SCORER_INPUTS, default="lexical",
                    help="what each scorer reads: 'states' (the token's input state and attended context), "
                         "'question' (those, the state matched to the question's mean state, and the attention the "
-                        "question pays the token) or 'lexical' (those, and where the question's rarer word pieces "
-                        "occur in the context and how near: an idf table counted on the training articles; default)")
+                        "question pays the token) or 'lexical' (those, where the question's rarer word pieces occur "
+                        "in the context and how near, and how much of the question the nearby context holds: an idf "
+                        "table counted on the training articles; default)")
     p.add_argument("--keep-ranking", action="store_true", help="write the scorers, leave config.json's ranking")
     p.set_defaults(func=cmd_fit_scorer)
 

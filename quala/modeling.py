@@ -71,7 +71,10 @@ def rank_by_cls(s: Signals, layer: nn.Module) -> torch.Tensor:
 # "lexical": those and lexical_prior's LEXICAL_FEATURES values: 3H + 1 + LEXICAL_FEATURES.
 # (SCORER_INPUTS: quala.config)
 LEXICAL_SPREADS = (4.0, 16.0, 48.0)  # token distances over which a question word found in the context counts
-LEXICAL_FEATURES = 2 + len(LEXICAL_SPREADS)
+COVERAGE_SPREADS = (8.0, 24.0)  # windows in which the share of the question's distinct words found counts
+BIGRAM_SPREAD = 16.0  # distance over which two question words found side by side, in the question's order, count
+MATCH_FEATURES = 2 + len(LEXICAL_SPREADS)  # what the first lexical scorers read (release 7): a prefix of the rest
+LEXICAL_FEATURES = MATCH_FEATURES + 2 * len(COVERAGE_SPREADS) + 1
 
 
 def scorer_width(inputs: str, hidden_size: int) -> int:
@@ -81,17 +84,26 @@ def scorer_width(inputs: str, hidden_size: int) -> int:
             "lexical": 3 * hidden_size + 1 + LEXICAL_FEATURES}[inputs]
 
 
+def lexical_features(width: int, hidden_size: int) -> int:
+    """How many of lexical_prior's values a "lexical" scorer of `width` inputs reads: LEXICAL_FEATURES, or
+    MATCH_FEATURES for scorers fitted before the coverage values existed (they still load and rank as fitted)."""
+    return width - scorer_width("question", hidden_size)
+
+
 def scorer_kind(width: int, hidden_size: int) -> str:
     """Which SCORER_INPUTS a scorer of `width` inputs reads."""
     for inputs in SCORER_INPUTS:
         if scorer_width(inputs, hidden_size) == width:
             return inputs
+    if lexical_features(width, hidden_size) == MATCH_FEATURES:
+        return "lexical"
     raise QualaError(f"a scorer of {width} inputs fits no kind of {', '.join(SCORER_INPUTS)} at hidden size "
                      f"{hidden_size}")
 
 
-def scorer_inputs(s: Signals, inputs: str) -> torch.Tensor:
-    """(B, K, width): what a scorer of kind `inputs` reads at every slot."""
+def scorer_inputs(s: Signals, inputs: str, prior_features: int = LEXICAL_FEATURES) -> torch.Tensor:
+    """(B, K, width): what a scorer of kind `inputs` reads at every slot ("lexical": the first `prior_features`
+    values of the prior)."""
     parts = [s.x, s.context]
     if inputs in ("question", "lexical"):
         q = s.queries.to(s.x.dtype)[..., None]
@@ -101,19 +113,19 @@ def scorer_inputs(s: Signals, inputs: str) -> torch.Tensor:
         if s.prior is None:
             raise QualaError("a 'lexical' scorer needs the model's lexicon (DIR/scorer.safetensors, "
                              "fitted by quala.scorer)")
-        parts.append(s.prior.to(s.x.dtype))
+        parts.append(s.prior[..., :prior_features].to(s.x.dtype))
     return torch.cat(parts, -1)
 
 
-def lexical_prior(input_ids: torch.Tensor, valid: torch.Tensor, queries: torch.Tensor, idf: torch.Tensor
-                  ) -> torch.Tensor:
-    """(B, N, LEXICAL_FEATURES) per input position, from the token ids alone: is it the question's (segment 0);
-    its match, the inverse document frequency of a context token whose word piece the question also has (0 for
-    others); and log(0.01 + that match averaged over the context with weights exp(-distance / d)) for each d of
-    LEXICAL_SPREADS. Answers sit near the rarer question words the context repeats, which the first layer's hidden
-    states barely show yet: with these inputs a first layer keeping 59% of the tokens keeps the answer in 78% of
-    held-out windows instead of 50% (benchmarks/answer_survival.py, docs/benchmarks.md). Special tokens have idf 0
-    and never match."""
+def lexical_prior(input_ids: torch.Tensor, valid: torch.Tensor, queries: torch.Tensor, idf: torch.Tensor,
+                  question_slots: int, features: int = LEXICAL_FEATURES) -> torch.Tensor:
+    """(B, N, features) per input position, from the token ids alone. Answers sit near the rarer question words
+    the context repeats, which the first layer's hidden states barely show yet (docs/benchmarks.md). The first
+    MATCH_FEATURES values: is it the question's (segment 0); its match, the inverse document frequency of a context
+    token whose word piece the question also has (0 for others); and log(0.01 + that match averaged over the
+    context with weights exp(-distance / d)) for each d of LEXICAL_SPREADS. Then question_coverage's. Special
+    tokens have idf 0 and never match. The question lies in the first `question_slots` positions ([CLS], at most
+    max_query_length word pieces, [SEP])."""
     dtype = idf.dtype
     weight = idf[input_ids]
     asked = (queries & (weight > 0)).to(dtype)
@@ -122,11 +134,46 @@ def lexical_prior(input_ids: torch.Tensor, valid: torch.Tensor, queries: torch.T
     match = weight * context * ((same @ asked[..., None])[..., 0] > 0).to(dtype)
     positions = torch.arange(input_ids.shape[1], device=input_ids.device).to(dtype)
     distance = (positions[:, None] - positions[None, :]).abs()
-    features = [queries.to(dtype), match]
+    out = [queries.to(dtype), match]
     for spread in LEXICAL_SPREADS:
-        near = torch.exp(distance / -spread)[None] * context[:, None, :]
-        features.append(torch.log(0.01 + (near @ match[..., None])[..., 0] / near.sum(-1).clamp(min=1e-6)))
-    return torch.stack(features, -1)
+        out.append(torch.log(0.01 + nearby_mean(match, context, distance, spread)))
+    if features > MATCH_FEATURES:
+        out += question_coverage(input_ids, queries, weight, context, distance, question_slots)
+    return torch.stack(out[:features], -1)
+
+
+def nearby_mean(values: torch.Tensor, context: torch.Tensor, distance: torch.Tensor, spread: float) -> torch.Tensor:
+    """(B, N): `values` (B, N) averaged over the context with weights exp(-distance / spread)."""
+    near = torch.exp(distance / -spread)[None] * context[:, None, :]
+    return (near @ values[..., None])[..., 0] / near.sum(-1).clamp(min=1e-6)
+
+
+def question_coverage(input_ids: torch.Tensor, queries: torch.Tensor, weight: torch.Tensor, context: torch.Tensor,
+                      distance: torch.Tensor, question_slots: int) -> list[torch.Tensor]:
+    """Per position, for each d of COVERAGE_SPREADS: the share of the question's distinct word pieces (weighted by
+    idf) found in the context within about d tokens (occurrences weighted exp(-distance / d), each word counted
+    at most once), and that share over the best one in the window (1 where the context covers the question most);
+    then log(0.01 + the nearby share of context tokens in a bigram the question has, in its order). A token near
+    one repeated question word scores high on lexical_prior's match values; one in the passage that holds most of
+    the question's words scores high here. Costs N * N * question_slots multiply-adds per coverage spread."""
+    dtype = weight.dtype
+    asked_ids = input_ids[:, :question_slots]
+    asked = queries[:, :question_slots] & (weight[:, :question_slots] > 0)
+    slot = torch.arange(asked_ids.shape[1], device=input_ids.device)
+    repeat = (asked_ids[:, :, None] == asked_ids[:, None, :]) & (slot[:, None] > slot[None, :]) & asked[:, None, :]
+    first = (asked & ~repeat.any(-1)).to(dtype)  # each distinct word piece of the question once
+    share = weight[:, :question_slots] * first
+    found = (input_ids[:, :, None] == asked_ids[:, None, :]).to(dtype) * context[..., None]  # (B, N, slots)
+    out = []
+    for spread in COVERAGE_SPREADS:
+        near = torch.exp(distance / -spread) @ (found * first[:, None, :])
+        covered = (near.clamp(max=1.0) * share[:, None, :]).sum(-1) / share.sum(-1, keepdim=True).clamp(min=1e-6)
+        out += [covered, covered / (covered * context).amax(-1, keepdim=True).clamp(min=1e-6)]
+    pairs = asked[:, :-1] & asked[:, 1:]
+    bigram = ((found[:, :-1, :-1] * found[:, 1:, 1:]) * pairs[:, None, :].to(dtype)).amax(-1)  # (B, N - 1)
+    bigram = torch.maximum(F.pad(bigram, (0, 1)), F.pad(bigram, (1, 0)))  # both tokens of the pair
+    out.append(torch.log(0.01 + nearby_mean(bigram, context, distance, BIGRAM_SPREAD)))
+    return out
 
 
 def rank_by_scorer(s: Signals, layer: nn.Module) -> torch.Tensor:
@@ -134,7 +181,8 @@ def rank_by_scorer(s: Signals, layer: nn.Module) -> torch.Tensor:
     parameters), fitted to predict where the full-length model puts its answer (quala.scorer)."""
     if layer.scorer is None:
         raise QualaError("ranking 'learned' needs scorer weights: DIR/scorer.safetensors (fitted by quala.scorer.fit)")
-    return layer.scorer(scorer_inputs(s, scorer_kind(layer.scorer.in_features, s.x.shape[-1]))).squeeze(-1)
+    width, h = layer.scorer.in_features, s.x.shape[-1]
+    return layer.scorer(scorer_inputs(s, scorer_kind(width, h), lexical_features(width, h))).squeeze(-1)
 
 
 def rank_by_position(s: Signals, layer: nn.Module) -> torch.Tensor:
@@ -299,10 +347,24 @@ class QualaForQuestionAnswering(nn.Module):
             nn.init.zeros_(m.bias)
 
     @property
+    def prior_features(self) -> int:
+        """How many lexical_prior values the learned ranking's scorers read (0 unless kind "lexical")."""
+        scorer = self.layers[0].scorer
+        h = self.config.hidden_size
+        if scorer is None or scorer_kind(scorer.in_features, h) != "lexical":
+            return 0
+        return lexical_features(scorer.in_features, h)
+
+    @property
     def reads_lexicon(self) -> bool:
         """Whether the learned ranking's scorers read lexical_prior (kind "lexical")."""
-        scorer = self.layers[0].scorer
-        return scorer is not None and scorer_kind(scorer.in_features, self.config.hidden_size) == "lexical"
+        return self.prior_features > 0
+
+    def lexical_prior(self, input_ids: torch.Tensor, valid: torch.Tensor, queries: torch.Tensor,
+                      features: int | None = None) -> torch.Tensor:
+        """lexical_prior with the model's lexicon: the first `features` values (None: what its scorers read)."""
+        features = self.prior_features if features is None else features
+        return lexical_prior(input_ids, valid, queries, self.lexicon, self.config.max_query_length + 2, features)
 
     @property
     def default_length_config(self) -> LengthConfig | None:
@@ -333,8 +395,7 @@ class QualaForQuestionAnswering(nn.Module):
             token_counts = length_config.token_counts(seq_lens)
         # the question's tokens and [CLS] (segment 0), followed through the kept slots for the rankings that read it
         queries = valid & (token_type_ids == 0) if ranking in QUESTION_RANKINGS else None
-        prior = lexical_prior(input_ids, valid, queries, self.lexicon) if ranking == "learned" and self.reads_lexicon \
-            else None
+        prior = self.lexical_prior(input_ids, valid, queries) if ranking == "learned" and self.reads_lexicon else None
         x = self.embed(input_ids, token_type_ids)
         b, n, h = x.shape[0], x.shape[1], self.config.hidden_size
         full, rows = x, None  # rows: each slot's row in full, flattened to rows once tokens are dropped
@@ -455,7 +516,8 @@ def load_scorers(path: str | os.PathLike, hidden_size: int) -> tuple[list[nn.Lin
     except Exception as e:
         raise QualaError(f"{path}: cannot read scorer weights ({e})") from None
     scorers = []
-    widths = [scorer_width(k, hidden_size) for k in SCORER_INPUTS]
+    widths = [scorer_width(k, hidden_size) for k in SCORER_INPUTS] + [scorer_width("question", hidden_size)
+                                                                       + MATCH_FEATURES]
     for i in range(sum(k.endswith(".scorer.weight") for k in tensors)):
         weight = tensors.get(f"layers.{i}.scorer.weight")
         width = weight.shape[-1] if weight is not None and weight.shape[-1] in widths else widths[0]

@@ -4,9 +4,10 @@ Block-skimming QA methods learn which parts of a context the answer needs; this 
 idea. Each layer's scorer reads what the layer already has when it ranks its tokens (quala.config.SCORER_INPUTS):
 the input state and the context it attended to ([x, context], 2H values, 769 parameters at H = 384); "question"
 also each state matched to the question's mean state and the attention the question pays the token (3H + 1
-values); and by default ("lexical") also where the question's rarer word pieces occur in the context and how near
-the token is to them (quala.modeling.lexical_prior, from the token ids and an idf table counted on the training
-articles: the first layer's hidden states barely know yet where the answer is, the question's words do). It predicts how much of the full-length model's answer probability lies near the token:
+values); and by default ("lexical") also where the question's rarer word pieces occur in the context, how near the token
+is to them and how much of the question the context around it holds (quala.modeling.lexical_prior, from the token
+ids and an idf table counted on the training articles: the first layer's hidden states barely know yet where the
+answer is, the question's words do). It predicts how much of the full-length model's answer probability lies near the token:
 log(1e-4 + max over the tokens within `RADIUS` of the start plus end probability), with the question, [CLS] and
 [SEP] given the top target so they are kept first. The weights are a ridge regression on SQuAD *training* features
 (closed form, no gradient steps), so fitting takes one forward pass over the features per configuration; the
@@ -29,8 +30,8 @@ from torch import nn
 
 from quala.config import LengthConfig, QualaError, squad_path
 from quala.data import Example, Feature, collate, length_grouped_batches, load_squad, make_features, split_articles
-from quala.modeling import (QUESTION_RANKINGS, SCORER_FILE, QualaForQuestionAnswering, Signals, attach_scorers,
-                            lexical_prior, save_scorers, scorer_inputs, scorer_kind, scorer_width)
+from quala.modeling import (LEXICAL_FEATURES, QUESTION_RANKINGS, SCORER_FILE, QualaForQuestionAnswering, Signals,
+                            attach_scorers, save_scorers, scorer_inputs, scorer_kind, scorer_width)
 from quala.onnx_ops import gather_rows
 from quala.tokenizer import load_tokenizer
 
@@ -139,7 +140,8 @@ def layer_inputs(model: QualaForQuestionAnswering, ids, mask, types, token_count
     if inputs == "lexical" and model.lexicon is None:
         raise QualaError("'lexical' scorer inputs need the model's lexicon (fit_lexicon)")
     needs_prior = inputs == "lexical" or (ranking in QUESTION_RANKINGS and model.reads_lexicon)
-    prior = lexical_prior(ids, valid, queries, model.lexicon) if needs_prior else None
+    features = LEXICAL_FEATURES if inputs == "lexical" else model.prior_features
+    prior = model.lexical_prior(ids, valid, queries, features) if needs_prior else None
     x = model.embed(ids, types)
     positions = torch.arange(ids.shape[1], device=ids.device).expand(ids.shape)
     current = valid.sum(1)

@@ -7,8 +7,8 @@ import torch
 from quala import scorer
 from quala.config import LengthConfig, QualaError
 from quala.export import export_onnx, token_counts
-from quala.modeling import (LEXICAL_SPREADS, SCORER_FILE, QualaForQuestionAnswering, attach_scorers, lexical_prior,
-                            load, scorer_width)
+from quala.modeling import (COVERAGE_SPREADS, LEXICAL_FEATURES, LEXICAL_SPREADS, MATCH_FEATURES, SCORER_FILE,
+                            QualaForQuestionAnswering, attach_scorers, lexical_prior, load, scorer_width)
 from tests.conftest import tiny_config
 from tests.test_modeling import batch, popularity_layer
 
@@ -149,7 +149,8 @@ def test_learned_ranking_exports_as_one_graph_with_token_counts(tmp_path, inputs
     attach_random(model, seed=1, inputs=inputs)
     session = ort.InferenceSession(str(export_onnx(model, tmp_path / "m.onnx", ranking="learned",
                                                    layer_skips=layer_skips)), providers=["CPUExecutionProvider"])
-    ids, mask, types = batch(4, 50, seed=2)
+    ids, mask, types = batch(4, 80, seed=2)  # 80 > the question's 66 slots (max_query_length + 2)
+    ids[:, [20, 21, 22, 40]] = ids[:, [3, 4, 5, 3]]  # question words in the context: lexical_prior's values not 0
     configs = [None, LengthConfig((0.8, 0.5, 0.25)), LengthConfig((30, 20, 5), "tokens")]
     for lc in configs + ([LengthConfig((0.7, 0, 0.3))] if layer_skips else []):
         with torch.no_grad():
@@ -311,18 +312,61 @@ def test_lexical_prior_marks_the_question_s_rarer_words_in_the_context_and_sprea
     valid[0, -2:] = False
     queries = torch.zeros_like(valid)
     queries[0, :4] = True
-    prior = lexical_prior(ids, valid, queries, idf)[0]
-    assert prior.shape == (27, 2 + len(LEXICAL_SPREADS))
+    prior = lexical_prior(ids, valid, queries, idf, 4)[0]
+    assert prior.shape == (27, LEXICAL_FEATURES) and MATCH_FEATURES == 2 + len(LEXICAL_SPREADS)
+    assert torch.equal(lexical_prior(ids, valid, queries, idf, 4, MATCH_FEATURES)[0], prior[:, :MATCH_FEATURES])
     assert prior[:, 0].tolist() == [1.0] * 4 + [0.0] * 23  # the question's slots
     match = prior[:, 1]
     assert match[14] == 5.0 and match.sum() == 5.0  # only the rare question word, only in the context: 9 is
     # not the question's, 7 has idf 0, the question's own 8 and the padded 8s do not count, nor [SEP]
-    for f in range(2, prior.shape[1]):
+    for f in range(2, MATCH_FEATURES):
         spread = prior[4:25, f]
         assert spread.argmax() == 10 and all(spread[i] >= spread[i + 1] for i in range(10, 20))
         assert all(spread[i] <= spread[i + 1] for i in range(0, 10))
-    no_match = lexical_prior(ids, valid, torch.zeros_like(valid), idf)[0]
+    no_match = lexical_prior(ids, valid, torch.zeros_like(valid), idf, 4, MATCH_FEATURES)[0]
     assert no_match[:, 1].sum() == 0 and torch.allclose(no_match[:, 2:], torch.full_like(no_match[:, 2:], np.log(0.01)))
+
+
+def coverage_by_hand(ids: list, context: list, idf: dict, question: list, spread: float) -> list:
+    """Per position: the idf-weighted share of the question's distinct words found near it, each capped at 1."""
+    words = {t for t in question if idf.get(t, 0) > 0}
+    total = sum(idf[t] for t in words)
+    return [sum(idf[t] * min(1.0, sum(np.exp(-abs(i - j) / spread) for j in context if ids[j] == t))
+                for t in words) / total for i in range(len(ids))]
+
+
+def test_question_coverage_prefers_the_passage_holding_most_of_the_question():
+    """Question [CLS] 7 8 9 9 [SEP]; passage A repeats the question's rarest word 9 four times, passage B holds 7 8
+    side by side (a bigram of the question) and 9; 8 7 reversed elsewhere is no bigram. The match values prefer
+    A, the coverage values B, as a by-hand count says; a question cut to its first slots covers only those."""
+    idf = torch.zeros(200)
+    idf[5], idf[7], idf[8], idf[9] = 0.5, 2.0, 3.0, 4.0
+    question = [101, 7, 8, 9, 9, 102]
+    ids = question + [5] * 150 + [102]
+    for at, word in [(14, 9), (16, 9), (18, 9), (20, 9), (76, 7), (77, 8), (80, 9), (140, 8), (141, 7)]:
+        ids[at] = word
+    n = len(ids)
+    ids = torch.tensor([ids])
+    valid = torch.ones_like(ids, dtype=torch.bool)
+    valid[0, -1] = False  # [SEP] counts as padding here: never context
+    queries = torch.zeros_like(valid)
+    queries[0, :6] = True
+    prior = lexical_prior(ids, valid, queries, idf, 8)[0]
+    context = list(range(6, n - 1))
+    weights = {t: float(idf[t]) for t in range(200)}
+    for k, spread in enumerate(COVERAGE_SPREADS):
+        covered = prior[:, MATCH_FEATURES + 2 * k]
+        expected = coverage_by_hand(ids[0].tolist(), context, weights, question, spread)
+        assert np.allclose(covered.numpy(), expected, atol=1e-5)
+        best = int(covered.argmax())
+        assert 76 <= best <= 80 and prior[best, MATCH_FEATURES + 2 * k + 1] == pytest.approx(1.0)
+        assert covered[78] > covered[17] + 0.2
+    assert prior[17, 2] > prior[78, 2]  # the narrowest match spread prefers the repeated word
+    bigram = prior[:, -1]
+    assert bigram[76] == bigram.max() and bigram[76] > bigram[140] + 1.0  # 7 8 in order; 8 7 is not
+    cut = lexical_prior(ids, valid, queries, idf, 3)[0]  # [CLS] 7 8: 9 is beyond the question's slots
+    expected = coverage_by_hand(ids[0].tolist(), context, weights, question[:3], COVERAGE_SPREADS[0])
+    assert np.allclose(cut[:, MATCH_FEATURES].numpy(), expected, atol=1e-5) and cut[17, MATCH_FEATURES] < 0.01
 
 
 def test_lexical_scorer_keeps_the_tokens_nearest_the_question_s_words():
@@ -339,8 +383,9 @@ def test_lexical_scorer_keeps_the_tokens_nearest_the_question_s_words():
             for lin in scorers:
                 lin.weight.zero_()
                 lin.bias.zero_()
-                lin.weight[0, -len(LEXICAL_SPREADS)] = sign  # log(0.01 + match spread over the narrowest distance)
-                lin.weight[0, -5] = 100.0  # the question's slots first
+                prior = width - LEXICAL_FEATURES  # where lexical_prior's values start
+                lin.weight[0, prior + 2] = sign  # log(0.01 + match spread over the narrowest distance)
+                lin.weight[0, prior] = 100.0  # the question's slots first
         lexicon = torch.zeros(model.config.vocab_size)
         lexicon[50] = 4.0
         attach_scorers(model, scorers, lexicon)
@@ -358,6 +403,37 @@ def test_lexical_scorer_keeps_the_tokens_nearest_the_question_s_words():
         assert (sorted(kept[3:]) == sorted(context)) == (sign > 0)
         if sign < 0:
             assert 43 not in kept
+
+
+def test_release_7_lexical_scorers_read_only_the_match_values(tiny_model_dir, tmp_path):
+    """Scorers fitted before the coverage values existed (MATCH_FEATURES prior values) still load and rank as
+    fitted: the same as new-width scorers whose extra weights are 0, in eager PyTorch and in the exported graph."""
+    model, _ = load(tiny_model_dir)
+    attach_random(model, seed=3, inputs="lexical")
+    h = model.config.hidden_size
+    short = [torch.nn.Linear(scorer_width("question", h) + MATCH_FEATURES, 1) for _ in model.layers]
+    with torch.no_grad():
+        for old, new in zip(short, (layer.scorer for layer in model.layers)):
+            new.weight[:, old.in_features:] = 0.0
+            old.weight.copy_(new.weight[:, :old.in_features])
+            old.bias.copy_(new.bias)
+    legacy = QualaForQuestionAnswering.from_pretrained(tiny_model_dir)
+    attach_scorers(legacy, short, model.lexicon)
+    legacy.save_pretrained(tmp_path / "m")
+    legacy = QualaForQuestionAnswering.from_pretrained(tmp_path / "m")
+    assert legacy.reads_lexicon and legacy.prior_features == MATCH_FEATURES < model.prior_features
+    ids, mask, types = batch(2, 60, seed=4)
+    ids[:, 30:33] = ids[:, 2:5]
+    lc = LengthConfig((0.7, 0.4, 0.2))
+    with torch.no_grad():
+        a = model(ids, mask, types, lc, ranking="learned")
+        b = legacy(ids, mask, types, lc, ranking="learned")
+    assert torch.allclose(a.start_logits, b.start_logits, atol=1e-5) and torch.equal(a.kept, b.kept)
+    session = ort.InferenceSession(str(export_onnx(legacy, tmp_path / "m.onnx", ranking="learned")),
+                                   providers=["CPUExecutionProvider"])
+    start = session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy(),
+                               "token_type_ids": types.numpy(), "token_counts": token_counts(mask, 3, lc).numpy()})[0]
+    assert np.abs(start - b.start_logits.numpy())[mask.bool().numpy()].max() < 1e-4
 
 
 def test_lexical_scorers_need_a_lexicon_of_the_vocabulary_s_size(tiny_model_dir):
