@@ -90,13 +90,17 @@ def lexical_features(width: int, hidden_size: int) -> int:
     return width - scorer_width("question", hidden_size)
 
 
+def scorer_widths(hidden_size: int) -> dict[int, str]:
+    """Every width a scorer can have -> the SCORER_INPUTS kind it reads (release 7's lexical scorers included)."""
+    widths = {scorer_width(inputs, hidden_size): inputs for inputs in SCORER_INPUTS}
+    return widths | {scorer_width("question", hidden_size) + MATCH_FEATURES: "lexical"}
+
+
 def scorer_kind(width: int, hidden_size: int) -> str:
     """Which SCORER_INPUTS a scorer of `width` inputs reads."""
-    for inputs in SCORER_INPUTS:
-        if scorer_width(inputs, hidden_size) == width:
+    for known, inputs in scorer_widths(hidden_size).items():  # ==, not a dict lookup: traced shapes are tensors
+        if known == width:
             return inputs
-    if lexical_features(width, hidden_size) == MATCH_FEATURES:
-        return "lexical"
     raise QualaError(f"a scorer of {width} inputs fits no kind of {', '.join(SCORER_INPUTS)} at hidden size "
                      f"{hidden_size}")
 
@@ -138,7 +142,7 @@ def lexical_prior(input_ids: torch.Tensor, valid: torch.Tensor, queries: torch.T
     for spread in LEXICAL_SPREADS:
         out.append(torch.log(0.01 + nearby_mean(match, context, distance, spread)))
     if features > MATCH_FEATURES:
-        out += question_coverage(input_ids, queries, weight, context, distance, question_slots)
+        out += question_coverage(same, queries, weight, context, distance, question_slots)
     return torch.stack(out[:features], -1)
 
 
@@ -148,22 +152,23 @@ def nearby_mean(values: torch.Tensor, context: torch.Tensor, distance: torch.Ten
     return (near @ values[..., None])[..., 0] / near.sum(-1).clamp(min=1e-6)
 
 
-def question_coverage(input_ids: torch.Tensor, queries: torch.Tensor, weight: torch.Tensor, context: torch.Tensor,
+def question_coverage(same: torch.Tensor, queries: torch.Tensor, weight: torch.Tensor, context: torch.Tensor,
                       distance: torch.Tensor, question_slots: int) -> list[torch.Tensor]:
     """Per position, for each d of COVERAGE_SPREADS: the share of the question's distinct word pieces (weighted by
     idf) found in the context within about d tokens (occurrences weighted exp(-distance / d), each word counted
     at most once), and that share over the best one in the window (1 where the context covers the question most);
     then log(0.01 + the nearby share of context tokens in a bigram the question has, in its order). A token near
     one repeated question word scores high on lexical_prior's match values; one in the passage that holds most of
-    the question's words scores high here. Costs N * N * question_slots multiply-adds per coverage spread."""
+    the question's words scores high here. same (B, N, N): 1 where two positions hold the same word piece. Costs
+    N * N * question_slots multiply-adds per coverage spread."""
     dtype = weight.dtype
-    asked_ids = input_ids[:, :question_slots]
     asked = queries[:, :question_slots] & (weight[:, :question_slots] > 0)
-    slot = torch.arange(asked_ids.shape[1], device=input_ids.device)
-    repeat = (asked_ids[:, :, None] == asked_ids[:, None, :]) & (slot[:, None] > slot[None, :]) & asked[:, None, :]
+    found = same[:, :, :question_slots]  # (B, N, slots)
+    slot = torch.arange(found.shape[2], device=found.device)
+    repeat = (found[:, :question_slots] > 0) & (slot[:, None] > slot[None, :]) & asked[:, None, :]
     first = (asked & ~repeat.any(-1)).to(dtype)  # each distinct word piece of the question once
     share = weight[:, :question_slots] * first
-    found = (input_ids[:, :, None] == asked_ids[:, None, :]).to(dtype) * context[..., None]  # (B, N, slots)
+    found = found * context[..., None]  # context positions only
     out = []
     for spread in COVERAGE_SPREADS:
         near = torch.exp(distance / -spread) @ (found * first[:, None, :])
@@ -516,8 +521,7 @@ def load_scorers(path: str | os.PathLike, hidden_size: int) -> tuple[list[nn.Lin
     except Exception as e:
         raise QualaError(f"{path}: cannot read scorer weights ({e})") from None
     scorers = []
-    widths = [scorer_width(k, hidden_size) for k in SCORER_INPUTS] + [scorer_width("question", hidden_size)
-                                                                       + MATCH_FEATURES]
+    widths = list(scorer_widths(hidden_size))
     for i in range(sum(k.endswith(".scorer.weight") for k in tensors)):
         weight = tensors.get(f"layers.{i}.scorer.weight")
         width = weight.shape[-1] if weight is not None and weight.shape[-1] in widths else widths[0]
