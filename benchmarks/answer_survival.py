@@ -25,7 +25,7 @@ from quala.config import LengthConfig, QualaError, default_model_dir
 from quala.data import collate, make_features
 from quala.flops import mean_gmacs
 from quala.modeling import QualaForQuestionAnswering
-from quala.search import SearchSettings, search_split
+from quala.search import heldout_questions
 from quala.tokenizer import load_tokenizer
 
 MAX_ANSWER_TOKENS = 30
@@ -128,11 +128,7 @@ def run(args) -> None:
     for lc in configs:
         if lc is not None:
             lc.check(config.num_hidden_layers, config.max_seq_length)
-    heldout, _ = search_split(config, SearchSettings())
-    examples = heldout[args.offset: args.offset + args.limit]
-    if len(examples) < args.limit:
-        raise QualaError(f"--offset {args.offset} --limit {args.limit}: the held-out split has {len(heldout)} "
-                         f"questions")
+    examples, _ = heldout_questions(config, args.offset, args.limit)
     features = [f for f in make_features(examples, load_tokenizer(model_dir), config.max_seq_length,
                                          config.doc_stride, config.max_query_length, training=True)
                 if f.start_position > 0]

@@ -27,7 +27,7 @@ from quala.data import make_features
 from quala.evaluate import evaluate, run_features
 from quala.files import read_json
 from quala.runtime import INT8_KERNELS, OnnxPredictor, cpu_description, u8s8_exact
-from quala.search import SearchSettings, search_split
+from quala.search import heldout_questions
 from quala.tokenizer import load_tokenizer
 
 
@@ -85,8 +85,7 @@ def run(args) -> None:
     configs = [(c.strip(), LengthConfig.parse(c)) for c in args.configs.split(";") if c.strip()]
     config = ModelConfig.from_dict(read_json(models[0] / "config.json"))
     tokenizer = load_tokenizer(models[0])
-    heldout, _ = search_split(config, SearchSettings())
-    examples = heldout[args.offset: args.offset + args.limit]
+    examples, _ = heldout_questions(config, args.offset, args.limit)
     features = make_features(examples, tokenizer, config.max_seq_length, config.doc_stride, config.max_query_length)
     print(f"CPU: {cpu_description()}; u8s8 exact here: {u8s8_exact()}\n")
     for kernel in ("u8s8", "u8u8"):

@@ -41,7 +41,7 @@ from quala.evaluate import TorchPredictor, evaluate
 from quala.files import atomic_write, write_json_atomic
 from quala.flops import mean_gmacs
 from quala.modeling import QualaForQuestionAnswering
-from quala.search import ScoreCache, SearchSettings, search_split, weights_digest
+from quala.search import ScoreCache, heldout_questions, weights_digest
 from quala.tokenizer import load_tokenizer
 
 UNIFORM = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3)
@@ -130,15 +130,11 @@ def run(args) -> dict:
     model = QualaForQuestionAnswering.from_pretrained(model_dir)
     tokenizer = load_tokenizer(model_dir)
     config = model.config
-    heldout, data = search_split(config, SearchSettings())
+    examples, data = heldout_questions(config, args.offset, args.limit)
     args.work.mkdir(parents=True, exist_ok=True)
     if "learned" in args.rankings:
         attach_scorer(model, tokenizer, data, args)
     predictors = {r: TorchPredictor(model, ranking=r) for r in args.rankings}
-    examples = heldout[args.offset: args.offset + args.limit]
-    if len(examples) < args.limit:
-        raise QualaError(f"--offset {args.offset} --limit {args.limit}: the held-out split has {len(heldout)} "
-                         f"questions")
     features = make_features(examples, tokenizer, config.max_seq_length, config.doc_stride, config.max_query_length)
     lengths = [len(f) for f in features]
     fingerprint = {"model": weights_digest(model_dir, predictors[args.rankings[0]]), "runtime": "torch-fp32",

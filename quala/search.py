@@ -301,6 +301,15 @@ def search_split(model_config: ModelConfig, s: SearchSettings, confirm: bool = F
                                                                      if confirm else {})
 
 
+def heldout_questions(model_config: ModelConfig, offset: int, limit: int) -> tuple[list[Example], dict]:
+    """Questions offset..offset + limit of the held-out split (what benchmarks score: never the dev set; offset
+    2,400 skips those a front was searched and confirmed on), and where from."""
+    heldout, data = search_split(model_config, SearchSettings())
+    if len(heldout) < offset + limit:
+        raise QualaError(f"--offset {offset} --limit {limit}: the held-out split has {len(heldout)} questions")
+    return heldout[offset: offset + limit], data
+
+
 def run_search(model_dir: str | os.PathLike, s: SearchSettings, predictor: Predictor | None = None,
                tokenizer=None) -> Front:
     """Search, report the front on the dev set, and write MODEL_DIR/length_configs.json and its plot."""
