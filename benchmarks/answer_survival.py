@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from quala.budget import read_front
+from quala.budget import configs_to_score
 from quala.config import LengthConfig, QualaError, default_model_dir
 from quala.data import collate, make_features
 from quala.flops import mean_gmacs
@@ -120,14 +120,7 @@ def run(args) -> None:
     model_dir = args.model or default_model_dir()
     model = QualaForQuestionAnswering.from_pretrained(model_dir).eval()
     config = model.config
-    if args.configs:
-        configs = [LengthConfig.parse(c.strip()) for c in args.configs.split(";")]
-    else:
-        front = read_front(model_dir)
-        configs = [None] + [front.point(name).length_config for name in ("balanced", "fastest")]
-    for lc in configs:
-        if lc is not None:
-            lc.check(config.num_hidden_layers, config.max_seq_length)
+    configs = configs_to_score(model_dir, args.configs, config)
     examples, _ = heldout_questions(config, args.offset, args.limit)
     features = [f for f in make_features(examples, load_tokenizer(model_dir), config.max_seq_length,
                                          config.doc_stride, config.max_query_length, training=True)

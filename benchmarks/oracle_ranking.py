@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from quala import modeling
-from quala.budget import read_front
+from quala.budget import configs_to_score
 from quala.config import LengthConfig, QualaError, default_model_dir
 from quala.data import make_features
 from quala.evaluate import evaluate
@@ -49,9 +49,7 @@ def parse_variant(text: str, layers: int) -> tuple[frozenset[int], int | None]:
         if name == "learned" and not at:
             continue
         if name == "oracle":
-            picked = range(layers) if not at else (range(int(at.split("-")[0]), int(at.split("-")[1]) + 1)
-                                                  if "-" in at else [int(v) for v in at.split(",")])
-            oracle = frozenset(picked)
+            oracle = frozenset(range(layers)) if not at else layer_set(at)
         elif name == "question-last" and at.isdigit():
             question_last = int(at)
         else:
@@ -59,6 +57,14 @@ def parse_variant(text: str, layers: int) -> tuple[frozenset[int], int | None]:
         if any(not 0 <= i < layers for i in oracle) or (question_last is not None and question_last >= layers):
             raise QualaError(f"variant {text!r}: layers are 0..{layers - 1}")
     return oracle, question_last
+
+
+def layer_set(text: str) -> frozenset[int]:
+    """"1-5" or "0,2" -> those layers."""
+    if "-" in text:
+        first, last = text.split("-")
+        return frozenset(range(int(first), int(last) + 1))
+    return frozenset(int(v) for v in text.split(","))
 
 
 def oracle_values(start: np.ndarray, end: np.ndarray, mask: np.ndarray, types: np.ndarray) -> torch.Tensor:
@@ -74,18 +80,24 @@ def oracle_values(start: np.ndarray, end: np.ndarray, mask: np.ndarray, types: n
 class OraclePredictor:
     """A Predictor (quala.evaluate) ranking by the oracle at `oracle_layers` and the learned scorers elsewhere."""
 
-    def __init__(self, model: QualaForQuestionAnswering, oracle_layers: frozenset[int], question_last: int | None):
+    def __init__(self, model: QualaForQuestionAnswering, oracle_layers: frozenset[int], question_last: int | None,
+                 cache: dict[bytes, np.ndarray] | None = None):
+        """cache: each window's oracle values by its token ids, shared by predictors over the same windows so that
+        each window's full-length pass runs once."""
         if model.config.ranking != "learned" or not model.reads_lexicon:
             raise QualaError("the oracle rides in the lexical prior: the model needs 'lexical' learned scorers "
                              "(quala fit-scorer)")
         self.model, self.oracle_layers, self.question_last = model.eval(), oracle_layers, question_last
         self.index = {id(layer): i for i, layer in enumerate(model.layers)}
         self.values: torch.Tensor | None = None
+        self.cache = {} if cache is None else cache
 
     def rank(self, learned, s: modeling.Signals, layer) -> torch.Tensor:
         i = self.index[id(layer)]
-        s = s._replace(prior=s.prior[..., :-1]) if i not in self.oracle_layers else s
-        score = s.prior[..., -1] if i in self.oracle_layers else learned(s, layer)
+        if i in self.oracle_layers:
+            score = s.prior[..., -1]
+        else:
+            score = learned(s._replace(prior=s.prior[..., :-1]), layer)
         if self.question_last is not None and i >= self.question_last:
             score = score - QUESTION_LAST * s.queries.to(score.dtype)
         return score
@@ -102,14 +114,28 @@ class OraclePredictor:
             modeling.RANKINGS["learned"] = learned
             del self.model.lexical_prior
 
+    def oracle(self, batch: dict) -> torch.Tensor:
+        """(B, N) oracle values of the batch's windows, from the cache or one full-length pass (inside installed():
+        the prior's extra column is zeros then)."""
+        lengths = batch["attention_mask"].sum(1)
+        keys = [row[:n].tobytes() for row, n in zip(batch["input_ids"], lengths)]
+        if any(k not in self.cache for k in keys):
+            ids, mask, types = (torch.as_tensor(batch[k]) for k in ("input_ids", "attention_mask", "token_type_ids"))
+            full = self.model(ids, mask, types)
+            values = oracle_values(full.start_logits.numpy(), full.end_logits.numpy(), batch["attention_mask"],
+                                   batch["token_type_ids"])
+            self.cache.update((k, v[:n]) for k, v, n in zip(keys, values.numpy(), lengths))
+        values = np.zeros(batch["input_ids"].shape, dtype=np.float32)
+        for row, (k, n) in enumerate(zip(keys, lengths)):
+            values[row, :n] = self.cache[k]
+        return torch.as_tensor(values)
+
     def __call__(self, batch: dict, length_config: LengthConfig | None):
         ids, mask, types = (torch.as_tensor(batch[k]) for k in ("input_ids", "attention_mask", "token_type_ids"))
         with torch.inference_mode(), self.installed():
             self.values = torch.zeros(ids.shape)
             if self.oracle_layers and length_config is not None:
-                full = self.model(ids, mask, types)
-                self.values = oracle_values(full.start_logits.numpy(), full.end_logits.numpy(), batch["attention_mask"],
-                                            batch["token_type_ids"])
+                self.values = self.oracle(batch)
             out = self.model(ids, mask, types, length_config)
         return out.start_logits.numpy(), out.end_logits.numpy(), out.kept.numpy()
 
@@ -139,27 +165,22 @@ def run(args) -> None:
     config = model.config
     layers = config.num_hidden_layers
     variants = {v.strip(): parse_variant(v, layers) for v in args.variants.split(";") if v.strip()}
-    if args.configs:
-        configs = [LengthConfig.parse(c.strip()) for c in args.configs.split(";")]
-    else:
-        front = read_front(model_dir)
-        configs = [None] + [front.point(name).length_config for name in ("balanced", "fastest")]
-    for lc in configs:
-        if lc is not None:
-            lc.check(layers, config.max_seq_length)
+    configs = configs_to_score(model_dir, args.configs, config)
     examples, _ = heldout_questions(config, args.offset, args.limit)
     tokenizer = load_tokenizer(model_dir)
     features = make_features(examples, tokenizer, config.max_seq_length, config.doc_stride, config.max_query_length)
     lengths = [len(f) for f in features]
     full = mean_gmacs(config, None, lengths)
-    predictors = {name: OraclePredictor(model, *parsed) for name, parsed in variants.items()}
+    cache: dict[bytes, np.ndarray] = {}
+    predictors = {name: OraclePredictor(model, *parsed, cache) for name, parsed in variants.items()}
     print(f"{len(examples)} held-out questions from {args.offset}, {len(features)} windows; PyTorch fp32; F1\n")
     print("| length config | fewer MACs | " + " | ".join(predictors) + " |")
     print("| --- | ---: |" + " ---: |" * len(predictors))
     for lc in configs:
+        scored = predictors.values() if lc is not None else [next(iter(predictors.values()))]  # full: one ranking
         f1 = [evaluate(pred, tokenizer, examples, lc, args.batch_size, features=features, progress=False).f1
-              for pred in (predictors.values() if lc is not None else list(predictors.values())[:1])]
-        cells = f1 if lc is not None else f1 * len(predictors)
+              for pred in scored]
+        cells = f1 * (len(predictors) // len(f1))
         print(f"| {lc or 'full'} | {full / mean_gmacs(config, lc, lengths):.2f}x | "
               + " | ".join(f"{v:.2f}" for v in cells) + " |", flush=True)
 

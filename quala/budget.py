@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from quala.config import LengthConfig, QualaError
+from quala.config import LengthConfig, ModelConfig, QualaError
 from quala.files import read_json, write_json_atomic
 
 FRONT_FILE = "length_configs.json"
@@ -232,3 +232,17 @@ def choose_length_config(model_dir: str | os.PathLike, budget: str) -> tuple[Len
     path = front_path(model_dir)
     p = select(read_front(model_dir), budget, str(path))
     return p.length_config, p
+
+
+def configs_to_score(model_dir: str | os.PathLike, text: str | None, model_config: ModelConfig
+                     ) -> list[LengthConfig | None]:
+    """`text`'s ';'-separated length configurations ('full': None), or without text full length and the front's
+    `balanced` and `fastest` points; each checked against the model (what the benchmarks score)."""
+    if text:
+        configs = [LengthConfig.parse(c.strip()) for c in text.split(";") if c.strip()]
+    else:
+        configs = [None] + [choose_length_config(model_dir, name)[0] for name in ("balanced", "fastest")]
+    for lc in configs:
+        if lc is not None:
+            lc.check(model_config.num_hidden_layers, model_config.max_seq_length)
+    return configs

@@ -3,10 +3,10 @@ import time
 
 import pytest
 
-from quala.budget import Front, FrontPoint, choose_length_config, name_points, parse_budget, read_front, select, \
-    write_front
+from quala.budget import Front, FrontPoint, choose_length_config, configs_to_score, name_points, parse_budget, \
+    read_front, select, write_front
 from quala.cli import main
-from quala.config import LengthConfig, QualaError
+from quala.config import LengthConfig, ModelConfig, QualaError
 
 
 def point(name, ratios, gmacs, f1, latency=None):
@@ -146,3 +146,13 @@ def test_point_names_are_matched_exactly_and_described_with_their_latency():
     assert " ms" not in point("p1", (0.5,) * 3, 2.0, 79.0).describe()
     assert [is_point_name(t) for t in ("", "p", "p0", "p12", "px", "p\u0661")] == [False, False, True, True, False,
                                                                                      False]
+
+
+def test_configs_to_score_are_the_given_ones_or_full_and_the_named_points(front, tmp_path):
+    write_front(tmp_path / "length_configs.json", front)
+    config = ModelConfig(num_hidden_layers=3)
+    named = [front.point(front.named[n]).length_config for n in ("balanced", "fastest")]
+    assert configs_to_score(tmp_path, None, config) == [None] + named
+    assert configs_to_score(tmp_path, "full;0.5,0.4,0.3", config) == [None, LengthConfig((0.5, 0.4, 0.3))]
+    with pytest.raises(QualaError, match="0.5,0.4"):
+        configs_to_score(tmp_path, "0.5,0.4", config)  # two layers for a three-layer model
