@@ -166,7 +166,8 @@ def cmd_train(args) -> None:
                       warmup_ratio=args.warmup_ratio, max_seq_length=args.max_seq_length, doc_stride=args.doc_stride,
                       num_sandwich=args.num_sandwich, length_drop_ratio_bound=args.length_drop_ratio_bound,
                       layer_dropout_prob=args.layer_dropout_prob, teacher=args.teacher,
-                      temperature=args.temperature, alpha=args.alpha, bf16=args.dtype == "bf16", seed=args.seed,
+                      temperature=args.temperature, alpha=args.alpha,
+                      bf16=None if args.dtype == "auto" else args.dtype == "bf16", seed=args.seed,
                       checkpoint_minutes=args.checkpoint_minutes, eval_limit=args.eval_limit, resume=args.resume)
     final = train(cfg)
     print(f"model saved in {final}")
@@ -419,7 +420,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
       "from (same vocabulary); its logits are computed once and cached in the output folder")
     a("--temperature", type=positive_float, default=2.0, help="distillation temperature for the teacher (default 2)")
     a("--alpha", type=float, default=0.5, help="weight of the teacher loss vs the label loss (default 0.5)")
-    a("--dtype", choices=["bf16", "fp32"], default="bf16", help="bf16 autocast (default) or fp32")
+    a("--dtype", choices=["auto", "bf16", "fp32"], default="auto",
+      help="bf16 autocast or fp32; auto (default): bf16 where the hardware computes it (a GPU that supports it, a "
+      "CPU with AVX512-BF16 or AMX), else fp32 (emulated bf16 is far slower)")
     a("--seed", type=int, default=42, help="random seed (data order, dropout, sub-model sampling)")
     a("--checkpoint-minutes", type=positive_float, default=10.0, help="save a resumable checkpoint this often (default 10)")
     a("--eval-limit", type=positive_int, default=None, help="dev questions scored at the end of each stage (default all)")

@@ -2,9 +2,11 @@
 
 Stage "finetune" trains the full-length model on the labels. Stage "lengthdrop" trains, each step, the full model
 (labels, and teacher if any), the smallest sub-model and `num_sandwich` random sub-models, the sub-models learning by
-in-place distillation from the full model. The same command runs on CPU (bf16 autocast), one GPU, or several GPUs
+in-place distillation from the full model. The same command runs on CPU, one GPU, or several GPUs
 under torchrun (DistributedDataParallel). Checkpoints are atomic and hold everything `--resume` needs to continue
-exactly: weights, optimizer, scheduler, RNG states and the position in the data.
+exactly: weights, optimizer, scheduler, RNG states and the position in the data. bf16 autocast by default only where
+the hardware computes bf16 (native_bf16): emulated on a CPU without AVX512-BF16 or AMX it is far slower than fp32
+(AMD EPYC Zen 1, 2 cores: the first LengthDrop step had not finished after 9 minutes; in fp32 a step takes 10-20 s).
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from quala.data import collate, length_grouped_batches, load_squad, make_feature
 from quala.evaluate import TorchPredictor, evaluate
 from quala.files import atomic_write
 from quala.modeling import QualaForQuestionAnswering, attach_scorers, load_tokenizer
+from quala.runtime import cpu_flags
 
 MASKED = -1e4  # logit for padding positions: far below any real logit, yet finite (no inf * 0 = nan in KL)
 
@@ -58,7 +61,7 @@ class TrainConfig:
     teacher: str | None = None
     temperature: float = 2.0
     alpha: float = 0.5  # weight of the teacher's loss against the labels' loss
-    bf16: bool = True
+    bf16: bool | None = None  # bf16 autocast; None: where the device computes it natively (native_bf16)
     seed: int = 42
     checkpoint_minutes: float = 10.0
     eval_limit: int | None = None  # questions of the dev file scored at the end of each stage (None: all)
@@ -119,6 +122,13 @@ def sample_skipped_layers(num_layers: int, prob: float, rng: np.random.Generator
     return frozenset(skipped) if len(skipped) < num_layers else frozenset()
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bf16 in hardware: a CUDA GPU that supports it, a CPU with AVX512-BF16 or AMX."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
 def linear_config(num_layers: int, first: float, last: float) -> LengthConfig:
     step = (first - last) / max(1, num_layers - 1)
     return LengthConfig(tuple(round(first - i * step, 4) for i in range(num_layers)))
@@ -131,6 +141,7 @@ class Trainer:
         self.rank = int(os.environ.get("RANK", 0))
         self.world = int(os.environ.get("WORLD_SIZE", 1))
         self.device = self._setup_device()
+        self.bf16 = native_bf16(self.device) if cfg.bf16 is None else cfg.bf16
         torch.manual_seed(cfg.seed)
         self.tokenizer = load_tokenizer(init_model)
         model = QualaForQuestionAnswering.from_pretrained(init_model)
@@ -194,7 +205,7 @@ class Trainer:
         return batches[self.rank::self.world]
 
     def autocast(self):
-        if not self.cfg.bf16:
+        if not self.bf16:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
@@ -385,7 +396,7 @@ class Trainer:
             configs += ([LengthConfig.parse(c) for c in self.cfg.eval_length_configs] if self.cfg.eval_length_configs
                         else [linear_config(len(self.model.layers), 0.8, 0.3),
                               linear_config(len(self.model.layers), 0.6, 0.2)])
-        dtype = "bf16" if self.cfg.bf16 else "fp32"
+        dtype = "bf16" if self.bf16 else "fp32"
         results = {}
         for lc in configs:
             r = evaluate(TorchPredictor(self.model, dtype), self.tokenizer, examples, lc,

@@ -3,7 +3,6 @@ import contextlib
 import itertools
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -10,8 +10,8 @@ import torch
 from quala.config import QualaError
 from quala.data import collate
 from quala.modeling import QualaForQuestionAnswering
-from quala.train import TrainConfig, Trainer, distill_loss, sample_ratios, sample_skipped_layers, span_loss, to_device, \
-    train
+from quala.train import (TrainConfig, Trainer, distill_loss, native_bf16, sample_ratios, sample_skipped_layers,
+                         span_loss, to_device, train)
 
 
 def make_trainer(model_dir, data_dir, tmp_path, stage="finetune", **kw) -> Trainer:
@@ -57,6 +57,17 @@ def test_sandwich_runs_full_smallest_and_random_submodels(tiny_model_dir, data_d
         assert all(0.8 * a <= b <= a for a, b in zip((1.0,) + ratios, ratios))
         assert (k >= kept[1]).all() and (k <= kept[0]).all()
     assert t.used_ratios[1] != t.used_ratios[2]
+
+
+@pytest.mark.parametrize("flags, native", [({"avx2"}, False), ({"avx2", "avx512_vnni"}, False),
+                                           ({"avx512_bf16"}, True), ({"amx_bf16", "amx_int8"}, True)])
+def test_bf16_autocast_by_default_only_where_the_cpu_computes_it(flags, native, monkeypatch, tiny_model_dir,
+                                                                 data_dir, tmp_path):
+    monkeypatch.setattr("quala.train.cpu_flags", lambda: frozenset(flags))
+    assert native_bf16(torch.device("cpu")) is native
+    assert make_trainer(tiny_model_dir, data_dir, tmp_path, bf16=None).bf16 is native
+    assert make_trainer(tiny_model_dir, data_dir, tmp_path, bf16=True).bf16  # asked for: kept
+    assert not make_trainer(tiny_model_dir, data_dir, tmp_path, bf16=False).bf16
 
 
 def test_inplace_distillation_is_zero_for_the_same_model(tiny_model_dir):
