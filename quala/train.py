@@ -385,7 +385,7 @@ class Trainer:
         if self.model.config.ranking == "learned":
             self.refit_scorers()
         self.model.config.extra = {"trained_by": "quala train", "stage": self.stage, "steps": self.step,
-                                   "train_config": asdict(self.cfg)}
+                                   "train_config": asdict(self.cfg) | {"bf16": self.bf16}}  # what ran, not "auto"
         self.model.save_pretrained(self.out)
         self.tokenizer.save_pretrained(str(self.out))
         examples = load_squad(self.cfg.dev_file or squad_path("dev"), limit=self.cfg.eval_limit)
