@@ -42,7 +42,7 @@ def kept_tokens(model: QualaForQuestionAnswering, batch: dict, lc: LengthConfig 
 
     def follow(index: int):
         def hook(layer, inputs, output) -> None:  # compose the layer's kept slots into window positions
-            _, valid, slots = output
+            _, valid, slots, _ = output
             rows = state["rows"] if slots is None else state["rows"].gather(1, slots)
             kept = torch.zeros(b, n + 1, dtype=torch.bool)
             kept.scatter_(1, torch.where(valid, rows, n), True)

@@ -168,7 +168,8 @@ def cmd_train(args) -> None:
                       layer_dropout_prob=args.layer_dropout_prob, teacher=args.teacher,
                       temperature=args.temperature, alpha=args.alpha,
                       bf16=None if args.dtype == "auto" else args.dtype == "bf16", seed=args.seed,
-                      checkpoint_minutes=args.checkpoint_minutes, eval_limit=args.eval_limit, resume=args.resume)
+                      checkpoint_minutes=args.checkpoint_minutes, eval_limit=args.eval_limit, resume=args.resume,
+                      scorer_loss=args.scorer_loss)
     final = train(cfg)
     print(f"model saved in {final}")
 
@@ -420,6 +421,10 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
       "from (same vocabulary); its logits are computed once and cached in the output folder")
     a("--temperature", type=positive_float, default=2.0, help="distillation temperature for the teacher (default 2)")
     a("--alpha", type=float, default=0.5, help="weight of the teacher loss vs the label loss (default 0.5)")
+    a("--scorer-loss", type=fraction, default=0.0, help="train the learned ranking's scorers with the model: this "
+      "weight on their squared error against the full model's answer mass near each token, whose gradient also "
+      "shapes the early layers' states (default 0: the scorers stay as fitted; both ways they are fitted again at "
+      "the end)")
     a("--dtype", choices=["auto", "bf16", "fp32"], default="auto",
       help="bf16 autocast or fp32; auto (default): bf16 where the hardware computes it (a GPU that supports it, a "
       "CPU with AVX512-BF16 or AMX), else fp32 (emulated bf16 is far slower)")

@@ -138,15 +138,17 @@ def answer_tokens(example: Example, offsets: np.ndarray) -> tuple[int, int]:
 
 
 def collate(features: list[Feature], pad_token_id: int = 0) -> dict[str, np.ndarray]:
-    """Dynamic padding: pad to the longest feature of the batch, not to max_seq_length (numpy int64 arrays;
-    training converts them with torch.from_numpy)."""
+    """Dynamic padding: pad to the longest feature of the batch, not to max_seq_length (numpy int64 arrays, and
+    `context` (bool): the context's tokens; training converts them with torch.from_numpy)."""
     n = max(len(f) for f in features)
     ids = np.full((len(features), n), pad_token_id, dtype=np.int64)
     types = np.zeros((len(features), n), dtype=np.int64)
     mask = np.zeros((len(features), n), dtype=np.int64)
+    context = np.zeros((len(features), n), dtype=bool)
     for i, f in enumerate(features):
         ids[i, : len(f)], types[i, : len(f)], mask[i, : len(f)] = f.input_ids, f.token_type_ids, 1
-    return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask,
+        context[i, : len(f)] = f.offsets[:, 0] >= 0
+    return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask, "context": context,
             "start_positions": np.array([f.start_position for f in features], dtype=np.int64),
             "end_positions": np.array([f.end_position for f in features], dtype=np.int64)}
 

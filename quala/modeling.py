@@ -207,6 +207,7 @@ class QAOutput(NamedTuple):
     start_logits: torch.Tensor  # (batch, seq)
     end_logits: torch.Tensor  # (batch, seq)
     kept: torch.Tensor  # (batch, layers): tokens each layer's feed-forward block ran on
+    scores: tuple[torch.Tensor, ...] | None = None  # each layer's raw significance per token, when asked for
 
 
 class Embeddings(nn.Module):
@@ -260,19 +261,21 @@ class Layer(nn.Module):
         return qkv.split(self.query.out_features, dim=-1)
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor, keep: torch.Tensor | None, ranking: str = "attention",
-                queries: torch.Tensor | None = None, prior: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                queries: torch.Tensor | None = None, prior: torch.Tensor | None = None, score: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """x (B, K, H) over K token slots, valid (B, K) marks real tokens, keep (B,) tokens to keep or None.
 
         ranking: a key of RANKINGS; QUESTION_RANKINGS need queries (B, K), the real slots holding a question token or
         [CLS]; "lexical" scorers also the slots' lexical_prior (B, K, LEXICAL_FEATURES). Returns the new states,
-        their validity and, when tokens were dropped, the slots kept (B, k).
+        their validity, the slots kept (B, k) when tokens were dropped, and each slot's raw significance (B, K)
+        when the layer ranked (tokens dropped, or `score`; padded slots unmasked).
         """
         probs, context = self.attend(x, valid)
-        slots = None
+        slots, scores = None, None
+        if keep is not None or score:
+            scores = RANKINGS[ranking](Signals(probs, valid, queries, x, context, prior), self)
         if keep is not None:
-            signals = Signals(probs, valid, queries, x, context, prior)
-            significance = RANKINGS[ranking](signals, self).float().masked_fill(~valid, -torch.inf)
+            significance = scores.float().masked_fill(~valid, -torch.inf)
             significance = F.pad(significance[:, 1:], (1, 0), value=float("inf"))  # slot 0 is always [CLS]
             # k as a tensor: the ONNX exporter traces it as a runtime value (TopK's k), not a constant
             slots = top_slots(significance, keep.max())
@@ -280,7 +283,7 @@ class Layer(nn.Module):
             x, context = gather_rows(x, slots), gather_rows(context, slots)
         x = self.attn_norm(x + self.dropout(self.attn_out(context)))
         x = self.ffn_norm(x + self.dropout(self.ffn_out(F.gelu(self.ffn_in(x)))))
-        return x, valid, slots
+        return x, valid, slots, scores
 
 
 def mask_scores(scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -319,7 +322,7 @@ def run_or_skip(layer: Layer, x: torch.Tensor, valid: torch.Tensor, queries: tor
     m = active * x.shape[1]
     part = None if queries is None else slots_before(queries, m)
     prior_part = None if prior is None else slots_before(prior, m)
-    y, y_valid, slots = layer(slots_before(x, m), slots_before(valid, m), keep, ranking, part, prior_part)
+    y, y_valid, slots, _ = layer(slots_before(x, m), slots_before(valid, m), keep, ranking, part, prior_part)
 
     def join(done: torch.Tensor, passed: torch.Tensor) -> torch.Tensor:
         return torch.cat([done, slots_from(passed, m)], 1)
@@ -378,7 +381,8 @@ class QualaForQuestionAnswering(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None,
                 length_config: LengthConfig | None = None, skip_layers: frozenset[int] = frozenset(),
-                token_counts: torch.Tensor | None = None, ranking: str | None = None) -> QAOutput:
+                token_counts: torch.Tensor | None = None, ranking: str | None = None, return_scores: bool = False
+                ) -> QAOutput:
         """length_config None runs at full length; token_counts (B, layers) overrides it with explicit counts.
 
         A count of 0 skips the layer: when every row has 0 there, nothing is computed and every token keeps its
@@ -387,6 +391,8 @@ class QualaForQuestionAnswering(nn.Module):
         ranking: which tokens a layer keeps, a key of RANKINGS: "attention" (the most attended, the model's
         method), "question" (most attended by the question and [CLS]), "cls" (by [CLS]), "learned" (the fitted
         scorers) or "position" (the first k, a baseline for comparison; eager PyTorch only); None: the config's.
+        return_scores (full length only): QAOutput.scores holds what each layer's ranking gives every token (B, N),
+        the learned ranking's scorer outputs, which training can fit along with the model (quala.train).
         """
         ranking = ranking or self.config.ranking
         if ranking not in RANKINGS:
@@ -398,13 +404,15 @@ class QualaForQuestionAnswering(nn.Module):
         if token_counts is None and length_config is not None:
             length_config.check(len(self.layers), self.config.max_seq_length)
             token_counts = length_config.token_counts(seq_lens)
+        if return_scores and (token_counts is not None or skip_layers):
+            raise QualaError("return_scores: at full length only (no length configuration, no skipped layers)")
         # the question's tokens and [CLS] (segment 0), followed through the kept slots for the rankings that read it
         queries = valid & (token_type_ids == 0) if ranking in QUESTION_RANKINGS else None
         prior = self.lexical_prior(input_ids, valid, queries) if ranking == "learned" and self.reads_lexicon else None
         x = self.embed(input_ids, token_type_ids)
         b, n, h = x.shape[0], x.shape[1], self.config.hidden_size
         full, rows = x, None  # rows: each slot's row in full, flattened to rows once tokens are dropped
-        current, kept = seq_lens, []
+        current, kept, scores = seq_lens, [], []
         for i, layer in enumerate(self.layers):
             keep = None if token_counts is None else torch.minimum(token_counts[:, i], current)
             if i in skip_layers or (keep is not None and not exporting() and not keep.any()):
@@ -415,13 +423,14 @@ class QualaForQuestionAnswering(nn.Module):
                 scratch = torch.as_tensor(b * n, device=x.device)
                 full = torch.cat([reshape(full, (-1, h)), full.new_zeros(1, h)])
             if keep is None:
-                x, valid, _ = layer(x, valid, None, ranking, queries, prior)
+                x, valid, _, layer_scores = layer(x, valid, None, ranking, queries, prior, return_scores)
+                scores.append(layer_scores)
             elif exporting() and self.graph_layer_skips:
                 x, valid, queries, prior, rows, keep, current = run_or_skip(layer, x, valid, queries, prior, rows,
                                                                             keep, current, ranking)
             else:
                 keep = keep.clamp(min=1)
-                x, valid, slots = layer(x, valid, keep, ranking, queries, prior)
+                x, valid, slots, _ = layer(x, valid, keep, ranking, queries, prior)
                 rows = rows.gather(1, slots)
                 queries = None if queries is None else queries.gather(1, slots) & valid
                 prior = None if prior is None else gather_rows(prior, slots)
@@ -430,7 +439,8 @@ class QualaForQuestionAnswering(nn.Module):
             full = x if rows is None else restore_rows(full, rows, valid, x, scratch)
             kept.append(current if keep is None else keep)
         logits = self.qa_outputs(full if rows is None else full[:-1].view(b, n, h))
-        return QAOutput(logits[..., 0], logits[..., 1], torch.stack(kept, dim=1))
+        return QAOutput(logits[..., 0], logits[..., 1], torch.stack(kept, dim=1),
+                        tuple(scores) if return_scores else None)
 
     # ---- Hugging Face-style directories -------------------------------------------------------------------
     @classmethod

@@ -18,6 +18,7 @@ DIR/scorer.safetensors.
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -26,6 +27,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from quala.config import LengthConfig, QualaError, squad_path
@@ -42,12 +44,19 @@ RIDGE = 1e-2  # L2 weight, relative to the mean diagonal of the features' second
 def targets(start_logits: np.ndarray, end_logits: np.ndarray, context: np.ndarray, radius: int = RADIUS
             ) -> np.ndarray:
     """Per token of one feature: log(1e-4 + the answer mass within `radius`), the top value off the context."""
-    p = np.exp(start_logits - start_logits.max())
-    q = np.exp(end_logits - end_logits.max())
-    mass = p / p.sum() + q / q.sum()
-    near = np.lib.stride_tricks.sliding_window_view(np.pad(mass, radius), 2 * radius + 1).max(1)
-    t = np.log(1e-4 + near)
-    return np.where(context, t, np.log(1e-4 + 2.0))
+    start, end = (torch.as_tensor(np.asarray(v, dtype=np.float32))[None] for v in (start_logits, end_logits))
+    valid = torch.ones(start.shape, dtype=torch.bool)
+    return answer_targets(start, end, valid, torch.as_tensor(np.asarray(context))[None], radius)[0].numpy()
+
+
+def answer_targets(start_logits: torch.Tensor, end_logits: torch.Tensor, valid: torch.Tensor, context: torch.Tensor,
+                   radius: int = RADIUS) -> torch.Tensor:
+    """(B, N) what the scorers predict, for a batch: log(1e-4 + the most start plus end probability of the
+    full-length model within `radius` tokens), log(1e-4 + 2) off the context (question, [CLS], [SEP]: kept first);
+    valid (B, N) the real tokens, context (B, N) the context's. Padding's values are never read."""
+    mass = sum(logits.float().masked_fill(~valid, -torch.inf).softmax(-1) for logits in (start_logits, end_logits))
+    near = F.max_pool1d(mass[:, None], 2 * radius + 1, stride=1, padding=radius)[:, 0]
+    return torch.where(context, torch.log(1e-4 + near), math.log(1e-4 + 2.0))
 
 
 def fit(model: QualaForQuestionAnswering, features: list[Feature], batch_size: int = 32,
@@ -74,13 +83,8 @@ def fit(model: QualaForQuestionAnswering, features: list[Feature], batch_size: i
                             for k in ("input_ids", "attention_mask", "token_type_ids"))
         with torch.no_grad():
             out = model(ids, mask, types)
-        start, end = out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()
-        # (B, N) targets of the full-length run; padding gets 0 and is never read
-        y = np.zeros(ids.shape, dtype=np.float64)
-        for row, i in enumerate(idx):
-            n = len(features[i])
-            y[row, :n] = targets(start[row, :n], end[row, :n], features[i].offsets[:, 0] >= 0)
-        y = torch.as_tensor(y, device=device)
+        context = torch.as_tensor(batch["context"], device=device)
+        y = answer_targets(out.start_logits, out.end_logits, mask.bool(), context).double()  # full-length run's
         for lc in configs:
             counts = None if lc is None else lc.token_counts(mask.sum(1))
             with torch.no_grad():
@@ -151,7 +155,7 @@ def layer_inputs(model: QualaForQuestionAnswering, ids, mask, types, token_count
         out.append((scorer_inputs(Signals(probs, valid, queries, x, context, prior), inputs), valid, positions))
         keep = None if token_counts is None else torch.minimum(token_counts[:, i], current).clamp(min=1)
         question = ranking in QUESTION_RANKINGS
-        x, valid, slots = layer(x, valid, keep, ranking, queries if question else None,
+        x, valid, slots, _ = layer(x, valid, keep, ranking, queries if question else None,
                                 prior if question and model.reads_lexicon else None)
         if slots is not None:
             positions, current = positions.gather(1, slots), keep

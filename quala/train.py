@@ -70,6 +70,7 @@ class TrainConfig:
     resume: bool = False
     stop_after_steps: int | None = None  # save a checkpoint and stop after this many steps (for resume tests)
     eval_length_configs: list[str] | None = None  # scored after LengthDrop; None: two linear schedules
+    scorer_loss: float = 0.0  # weight of the learned ranking's scorer loss (scorer_loss()); 0: scorers held fixed
 
 
 # ---- losses ------------------------------------------------------------------------------------------------------
@@ -103,6 +104,19 @@ def distill_loss(start: torch.Tensor, end: torch.Tensor, target_start: torch.Ten
         log_q = F.log_softmax(masked_logits(target, mask).detach() / temperature, -1)
         loss = loss + F.kl_div(log_p, log_q, log_target=True, reduction="batchmean")
     return loss / 2 * temperature ** 2
+
+
+def scorer_loss(scores: tuple[torch.Tensor, ...], start: torch.Tensor, end: torch.Tensor, batch: dict
+                ) -> torch.Tensor:
+    """Squared error of every layer's scorer, at full length, against what quala.scorer fits it to (the full
+    model's answer mass near each token, quala.scorer.answer_targets, here from the logits of this very pass,
+    detached), over real tokens, averaged over layers. Its gradient reaches the scorers and, through what they
+    read, the encoder: the early layers learn states from which a linear scorer can tell where the answer is, the
+    block-skimming idea, while top-k itself passes no gradient."""
+    valid = batch["attention_mask"].bool()
+    target = scorer.answer_targets(start.detach(), end.detach(), valid, batch["context"])
+    weight = valid.float() / valid.sum()
+    return sum(((s.float() - target) ** 2 * weight).sum() for s in scores) / len(scores)
 
 
 # ---- LengthDrop sampling -----------------------------------------------------------------------------------------
@@ -147,9 +161,12 @@ class Trainer:
         model = QualaForQuestionAnswering.from_pretrained(init_model)
         model.config.max_seq_length, model.config.doc_stride = cfg.max_seq_length, cfg.doc_stride
         model.config.max_query_length = cfg.max_query_length
-        for layer in model.layers:  # the learned ranking's scorers are fitted, not trained (see refit_scorers)
+        if cfg.scorer_loss and (model.config.ranking != "learned" or model.layers[0].scorer is None):
+            raise QualaError(f"--scorer-loss {cfg.scorer_loss}: {init_model} does not rank tokens with learned "
+                             "scorers (fit them first: quala fit-scorer)")
+        for layer in model.layers:  # fitted, and trained along only with a scorer loss (see refit_scorers)
             if layer.scorer is not None:
-                layer.scorer.requires_grad_(False)
+                layer.scorer.requires_grad_(bool(cfg.scorer_loss))
         self.model = model.to(self.device).train()
         self.ddp = self.model
         if self.world > 1:
@@ -186,6 +203,7 @@ class Trainer:
         self.step = 0
         self.teacher_logits = self._teacher_logits() if cfg.teacher else None
         self.used_ratios: list[tuple[float, ...]] = []  # the sub-model configurations of the last step
+        self.scorer_error: torch.Tensor | None = None  # the last step's scorer_loss, when trained with one
 
     def _setup_device(self) -> torch.device:
         if self.world > 1 and not torch.distributed.is_initialized():
@@ -241,7 +259,8 @@ class Trainer:
 
     # -- one step --------------------------------------------------------------------------------------------------
     def full_model_loss(self, batch: dict, idx: list[int]):
-        out = self.ddp(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        scoring = bool(self.cfg.scorer_loss)
+        out = self.ddp(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], return_scores=scoring)
         loss = span_loss(out.start_logits, out.end_logits, batch)
         if self.teacher_logits is not None:
             n = batch["input_ids"].shape[1]
@@ -249,6 +268,9 @@ class Trainer:
             kd = distill_loss(out.start_logits, out.end_logits, t[:, 0], t[:, 1], batch["attention_mask"],
                               self.cfg.temperature)
             loss = (1 - self.cfg.alpha) * loss + self.cfg.alpha * kd
+        if scoring:
+            error = scorer_loss(out.scores, out.start_logits, out.end_logits, batch)
+            loss, self.scorer_error = loss + self.cfg.scorer_loss * error, error.detach()
         return loss, out
 
     def train_step(self, batch: dict, idx: list[int]) -> torch.Tensor:
@@ -309,7 +331,12 @@ class Trainer:
             raise QualaError(f"{self.checkpoint_path}: a checkpoint of stage {state.get('stage')!r}, "
                              f"not {self.stage!r}")
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except ValueError:
+            raise QualaError(f"{self.checkpoint_path}: the checkpoint's optimizer trained other parameters (resume "
+                             f"with the --scorer-loss it was started with, {state['config'].get('scorer_loss', 0.0)})"
+                             ) from None
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"] is not None and torch.cuda.is_available():
@@ -348,7 +375,8 @@ class Trainer:
                         bar.set_postfix(loss=f"{loss:.3f}", feat_s=f"{rate:.1f}", refresh=False)
                         self.log({"stage": self.stage, "step": self.step, "epoch": self.step / self.batches_per_epoch,
                                   "loss": loss, "lr": self.scheduler.get_last_lr()[0], "features_per_s": rate,
-                                  "sub_ratios": [list(r) for r in self.used_ratios]})
+                                  "sub_ratios": [list(r) for r in self.used_ratios]}
+                                 | ({} if self.scorer_error is None else {"scorer_loss": self.scorer_error.item()}))
                     if time.monotonic() - last_save > 60 * cfg.checkpoint_minutes:
                         self.save_checkpoint()
                         last_save = time.monotonic()

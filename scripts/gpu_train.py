@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import lzma
-import io
 import json
 import os
 import shutil
@@ -108,6 +107,7 @@ def train(args, stage: str, init: Path, out: Path, epochs: float, lr: float, tim
            "--eval-limit", str(args.eval_limit), "--checkpoint-minutes", "3", "--warmup-ratio", str(args.warmup_ratio),
            "--length-drop-ratio-bound", str(args.length_drop_ratio_bound)]
     cmd += ["--limit", str(args.limit)] if args.limit else []
+    cmd += ["--scorer-loss", str(args.scorer_loss)] if stage == "lengthdrop" and args.scorer_loss else []
     print(" ".join(cmd), flush=True)
     with open(log, "w") as f:
         p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
@@ -237,6 +237,8 @@ def main() -> None:
     r.add_argument("--length-drop-ratio-bound", type=float, default=0.2,
                    help="LengthDrop's ratio bound (0.4 trains sub-models down to 3.6x fewer MACs)")
     r.add_argument("--warmup-ratio", type=float, default=0.1)
+    r.add_argument("--scorer-loss", type=float, default=0.0, help="LengthDrop trains the learned ranking's scorers "
+                   "with the model at this weight (quala train --scorer-loss; a model with learned scorers only)")
     r.add_argument("--start-from", default=None, help="LengthDrop only, from a folder in .carry/ (an fp16 model) "
                    "or in the repository (runs/gpu/lengthdrop: the last call's result on a still-warm machine)")
     r.add_argument("--lengthdrop-rate", type=float, default=204, help="with --start-from: LengthDrop features/s "

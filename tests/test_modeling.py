@@ -85,7 +85,7 @@ def test_drop_and_restore_keeps_each_dropped_token_last_vector(model):
     with torch.no_grad():
         out = model(ids, mask, types, LengthConfig((40, 1, 1), "tokens"))
         x = model.embed(ids, types)
-        x, _, _ = model.layers[0](x, mask.bool(), None)
+        x, _, _, _ = model.layers[0](x, mask.bool(), None)
         expected = model.qa_outputs(x)[..., 0]
     assert torch.allclose(out.start_logits[0, 1:], expected[0, 1:], atol=1e-5)
     assert not torch.allclose(out.start_logits[0, :1], expected[0, :1], atol=1e-3)  # [CLS] went on
@@ -95,7 +95,7 @@ def test_cls_is_always_kept(model):
     ids, mask, types = batch(2)
     with torch.no_grad():
         x = model.embed(ids, types)
-        _, valid, slots = model.layers[0](x, mask.bool(), torch.tensor([3, 3]))
+        _, valid, slots, _ = model.layers[0](x, mask.bool(), torch.tensor([3, 3]))
     assert slots[:, 0].tolist() == [0, 0] and valid.sum(1).tolist() == [3, 3]
 
 
@@ -142,7 +142,7 @@ def test_a_layer_keeps_cls_and_exactly_the_most_attended_tokens_best_first():
     valid = torch.arange(n)[None, :] < torch.tensor(lengths)[:, None]
     x[:, :, 1] = (~valid).float()  # padded queries attend to the least popular tokens: they must not count
     with torch.no_grad():
-        _, new_valid, slots = layer(x, valid, torch.tensor(keep))
+        _, new_valid, slots, _ = layer(x, valid, torch.tensor(keep))
     for b, (length, k) in enumerate(zip(lengths, keep)):
         ranked = sorted(range(1, length), key=lambda j: -popularity[b, j].item())
         assert slots[b, :k].tolist() == [0] + ranked[: k - 1]

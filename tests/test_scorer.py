@@ -452,3 +452,38 @@ def test_fit_lexicon_counts_contexts_and_zeroes_the_special_tokens(tokenizer):
     vocab = tokenizer.get_vocab()
     assert idf[vocab["the"]] == pytest.approx(np.log(3 / 3)) and idf[vocab["cat"]] == pytest.approx(np.log(3 / 2))
     assert idf[vocab["zebra"]] == pytest.approx(np.log(3)) and idf[vocab["[CLS]"]] == 0 and idf[vocab["[SEP]"]] == 0
+
+
+def test_answer_targets_of_a_padded_batch_are_each_features_own(tiny_model_dir, dev_examples, tokenizer):
+    from quala.data import collate, make_features
+    model, _ = load(tiny_model_dir)
+    features = make_features(dev_examples, tokenizer, 128, 48)[:6]
+    b = collate(features)
+    assert len({len(f) for f in features}) > 1  # rows of different lengths: padding in the batch
+    ids, mask, types = (torch.as_tensor(b[k]) for k in ("input_ids", "attention_mask", "token_type_ids"))
+    with torch.no_grad():
+        out = model(ids, mask, types)
+    batch = scorer.answer_targets(out.start_logits, out.end_logits, mask.bool(), torch.as_tensor(b["context"]))
+    for row, f in enumerate(features):
+        n = len(f)
+        alone = scorer.targets(out.start_logits[row, :n].numpy(), out.end_logits[row, :n].numpy(), f.offsets[:, 0] >= 0)
+        assert np.allclose(batch[row, :n].numpy(), alone, atol=1e-5)
+
+
+def test_full_length_scores_are_the_scorers_on_what_they_read(tiny_model_dir, dev_examples, tokenizer):
+    """return_scores: each layer's scorer output per token, the same values layer_inputs' rows give the scorers
+    (what quala.train's scorer loss fits); only at full length."""
+    from quala.data import collate, make_features
+    model, _ = load(tiny_model_dir)
+    attach_random(model, seed=2, inputs="lexical")
+    model.config.ranking = "learned"
+    b = collate(make_features(dev_examples, tokenizer, 128, 48)[:4])
+    ids, mask, types = (torch.as_tensor(b[k]) for k in ("input_ids", "attention_mask", "token_type_ids"))
+    with torch.no_grad():
+        out = model(ids, mask, types, return_scores=True)
+        read = scorer.layer_inputs(model, ids, mask, types)
+        for layer, scores, (inputs, valid, _) in zip(model.layers, out.scores, read):
+            assert torch.allclose(scores[valid], layer.scorer(inputs).squeeze(-1)[valid], atol=1e-5)
+    assert model(ids, mask, types).scores is None
+    with pytest.raises(QualaError, match="return_scores: at full length only"):
+        model(ids, mask, types, LengthConfig((1.0, 0.5, 0.5)), return_scores=True)

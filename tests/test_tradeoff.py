@@ -55,8 +55,8 @@ def test_position_ranking_keeps_the_first_k_tokens():
     valid[1, 7:] = False
     keep = torch.tensor([4, 6])
     with torch.no_grad():
-        _, new_valid, slots = model.layers[0](x, valid, keep, "position")
-        _, _, attended = model.layers[0](x, valid, keep)
+        _, new_valid, slots, _ = model.layers[0](x, valid, keep, "position")
+        _, _, attended, _ = model.layers[0](x, valid, keep)
     assert slots[0, :4].tolist() == [0, 1, 2, 3] and slots[1].tolist() == [0, 1, 2, 3, 4, 5]
     assert new_valid.sum(1).tolist() == [4, 6]
     assert not torch.equal(attended, slots)  # the default still ranks by attention

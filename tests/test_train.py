@@ -1,3 +1,4 @@
+import json
 import math
 import os
 import signal
@@ -7,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from quala import scorer
 from quala.config import QualaError
 from quala.data import collate
 from quala.modeling import QualaForQuestionAnswering
 from quala.train import (TrainConfig, Trainer, distill_loss, native_bf16, sample_ratios, sample_skipped_layers,
-                         span_loss, to_device, train)
+                         scorer_loss, span_loss, to_device, train)
 
 
 def make_trainer(model_dir, data_dir, tmp_path, stage="finetune", **kw) -> Trainer:
@@ -311,3 +313,58 @@ def test_lengthdrop_with_the_learned_ranking_ranks_by_fixed_scorers_and_refits_t
     for layer, final, first in zip(saved.layers, on_final, on_initial):
         assert torch.allclose(layer.scorer.weight, final.weight, atol=1e-5)
         assert not torch.allclose(layer.scorer.weight, first.weight, atol=1e-3)
+
+
+def fixed_scorer_loss(t: Trainer) -> float:
+    t.model.eval()
+    b = to_device(collate(t.features[:16]), "cpu")
+    with torch.no_grad():
+        out = t.model(b["input_ids"], b["attention_mask"], b["token_type_ids"], return_scores=True)
+    t.model.train()
+    return scorer_loss(out.scores, out.start_logits, out.end_logits, b).item()
+
+
+def test_scorer_loss_trains_the_scorers_with_the_model_and_is_logged(tiny_model_dir, data_dir, tmp_path):
+    """--scorer-loss: the scorers take gradient steps toward their targets (the error on a fixed batch falls), the
+    encoder moves too, and the log records the error."""
+    t = make_trainer(learned_model_dir(tiny_model_dir, tmp_path), data_dir, tmp_path / "out", "lengthdrop",
+                     max_steps=10, scorer_loss=1.0, layer_dropout_prob=0.0, log_every=5, lr=1e-2)
+    before, scorer_weight = fixed_scorer_loss(t), t.model.layers[0].scorer.weight.detach().clone()
+    assert t.run()
+    assert fixed_scorer_loss(t) < 0.5 * before
+    assert not torch.equal(scorer_weight, t.model.layers[0].scorer.weight)
+    logged = [json.loads(line) for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged if "scorer_loss" in r] == [5, 10]
+
+
+def test_scorer_loss_reaches_the_encoder_through_what_the_scorers_read(tiny_model_dir, data_dir, tmp_path):
+    t = make_trainer(learned_model_dir(tiny_model_dir, tmp_path), data_dir, tmp_path / "out", "lengthdrop",
+                     scorer_loss=1.0)
+    b = to_device(collate(t.features[:4]), "cpu")
+    out = t.model(b["input_ids"], b["attention_mask"], b["token_type_ids"], return_scores=True)
+    scorer_loss(out.scores, out.start_logits, out.end_logits, b).backward()
+    assert t.model.layers[0].scorer.weight.grad.abs().sum() > 0
+    assert t.model.layers[0].query.weight.grad.abs().sum() > 0 and t.model.embed.word.weight.grad.abs().sum() > 0
+    assert t.model.layers[-1].ffn_out.weight.grad is None  # the last layer's output feeds no scorer
+    assert t.model.qa_outputs.weight.grad is None  # the targets are detached
+
+
+def test_scorer_loss_by_hand_counts_real_tokens_only():
+    start = torch.tensor([[0.0, 3.0, 1.0, 0.0, 0.0], [0.0, 0.0, 2.0, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    batch = {"attention_mask": mask, "context": torch.tensor([[0, 0, 1, 1, 1], [0, 1, 1, 0, 0]]).bool()}
+    target = scorer.answer_targets(start, start, mask.bool(), batch["context"])
+    off = target + torch.where(mask.bool(), 1.0, 100.0)  # padding far off: never counted
+    assert scorer_loss((target, target), start, start, batch).item() == pytest.approx(0.0, abs=1e-12)
+    assert scorer_loss((target, off), start, start, batch).item() == pytest.approx(0.5)
+
+
+def test_scorer_loss_needs_learned_scorers_and_the_same_weight_on_resume(tiny_model_dir, data_dir, tmp_path):
+    with pytest.raises(QualaError, match="--scorer-loss 0.5: .* does not rank tokens with learned scorers"):
+        make_trainer(tiny_model_dir, data_dir, tmp_path / "a", "lengthdrop", scorer_loss=0.5)
+    learned = learned_model_dir(tiny_model_dir, tmp_path)
+    first = make_trainer(learned, data_dir, tmp_path / "b", "lengthdrop", max_steps=4, stop_after_steps=1)
+    assert not first.run()
+    with pytest.raises(QualaError, match=r"optimizer trained other parameters \(resume with the --scorer-loss it "
+                                         r"was started with, 0.0\)"):
+        make_trainer(learned, data_dir, tmp_path / "b", "lengthdrop", scorer_loss=0.5, resume=True).run()
