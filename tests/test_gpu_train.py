@@ -68,3 +68,27 @@ def test_a_learned_ranking_model_comes_back_with_its_scorers(tiny_model_dir, tmp
     assert back.config.ranking == "learned"
     for a, b in zip(back.layers, sent.layers):
         assert torch.equal(a.scorer.weight, b.scorer.weight)
+
+
+def test_lengthdrop_passes_the_scorer_loss_to_quala_train(tmp_path, monkeypatch):
+    """run --scorer-loss W: the LengthDrop stage's `quala train` command carries it (and parses); fine-tuning not."""
+    import argparse
+
+    from quala.cli import build_parser
+    commands = []
+
+    class Done:
+        def __init__(self, cmd, **kw):
+            commands.append(cmd)
+
+        def wait(self, timeout=None):
+            return 0
+
+    monkeypatch.setattr(gpu_train.subprocess, "Popen", Done)
+    args = argparse.Namespace(batch_size=32, eval_limit=10, warmup_ratio=0.02, length_drop_ratio_bound=0.4, limit=None,
+                              scorer_loss=0.1)
+    for stage in ("finetune", "lengthdrop"):
+        gpu_train.train(args, stage, tmp_path / "m", tmp_path / "o", 0.5, 2e-5, 10, tmp_path / f"{stage}.log")
+    tail = [cmd[cmd.index("train"):] for cmd in commands]
+    assert "--scorer-loss" not in tail[0]
+    assert build_parser().parse_args(tail[1]).scorer_loss == 0.1
