@@ -156,7 +156,7 @@ def layer_inputs(model: QualaForQuestionAnswering, ids, mask, types, token_count
         keep = None if token_counts is None else torch.minimum(token_counts[:, i], current).clamp(min=1)
         question = ranking in QUESTION_RANKINGS
         x, valid, slots, _ = layer(x, valid, keep, ranking, queries if question else None,
-                                prior if question and model.reads_lexicon else None)
+                                   prior if question and model.reads_lexicon else None)
         if slots is not None:
             positions, current = positions.gather(1, slots), keep
             queries = queries.gather(1, slots) & valid
