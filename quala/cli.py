@@ -169,7 +169,7 @@ def cmd_train(args) -> None:
                       temperature=args.temperature, alpha=args.alpha,
                       bf16=None if args.dtype == "auto" else args.dtype == "bf16", seed=args.seed,
                       checkpoint_minutes=args.checkpoint_minutes, eval_limit=args.eval_limit, resume=args.resume,
-                      scorer_loss=args.scorer_loss)
+                      scorer_loss=args.scorer_loss, refit_scorers=args.refit_scorers)
     final = train(cfg)
     print(f"model saved in {final}")
 
@@ -423,8 +423,10 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     a("--alpha", type=float, default=0.5, help="weight of the teacher loss vs the label loss (default 0.5)")
     a("--scorer-loss", type=fraction, default=0.0, help="train the learned ranking's scorers with the model: this "
       "weight on their squared error against the full model's answer mass near each token, whose gradient also "
-      "shapes the early layers' states (default 0: the scorers stay as fitted; both ways they are fitted again at "
-      "the end)")
+      "shapes the early layers' states (default 0: the scorers stay as fitted)")
+    a("--refit-scorers", action=argparse.BooleanOptionalAction, default=None,
+      help="fit the learned ranking's scorers again on the final weights (default: after fine-tuning, where they "
+      "played no part, yes; after LengthDrop, whose sub-models learned to work with the scorers they ranked by, no)")
     a("--dtype", choices=["auto", "bf16", "fp32"], default="auto",
       help="bf16 autocast or fp32; auto (default): bf16 where the hardware computes it (a GPU that supports it, a "
       "CPU with AVX512-BF16 or AMX), else fp32 (emulated bf16 is far slower)")

@@ -71,6 +71,8 @@ class TrainConfig:
     stop_after_steps: int | None = None  # save a checkpoint and stop after this many steps (for resume tests)
     eval_length_configs: list[str] | None = None  # scored after LengthDrop; None: two linear schedules
     scorer_loss: float = 0.0  # weight of the learned ranking's scorer loss (scorer_loss()); 0: scorers held fixed
+    refit_scorers: bool | None = None  # fit the learned ranking's scorers again at the end; None: after fine-tuning
+    # only (they played no part in it); LengthDrop's sub-models trained with the scorers they have, so they stay
 
 
 # ---- losses ------------------------------------------------------------------------------------------------------
@@ -404,13 +406,19 @@ class Trainer:
         print(f"{self.stage}: learned ranking's scorers fitted again on {len(picked)} training features "
               f"({time.perf_counter() - t0:.0f} s)")
 
+    def refits_scorers(self) -> bool:
+        """Whether finish() fits the scorers again. After LengthDrop it does not by default: the later layers have
+        learned to work with what these scorers keep, and a refit ranking undoes part of that (measured: -1.1 F1 at
+        2.2x fewer MACs on held-out questions, docs/benchmarks.md)."""
+        return self.stage == "finetune" if self.cfg.refit_scorers is None else self.cfg.refit_scorers
+
     def finish(self) -> dict:
         """Save the model directory and score it on dev (full length, and shorter configurations after LengthDrop)."""
         if self.rank != 0:
             torch.distributed.barrier()  # wait until rank 0 has saved the model the next stage starts from
             return {}
         self.model.eval()
-        if self.model.config.ranking == "learned":
+        if self.model.config.ranking == "learned" and self.refits_scorers():
             self.refit_scorers()
         self.model.config.extra = {"trained_by": "quala train", "stage": self.stage, "steps": self.step,
                                    "train_config": asdict(self.cfg) | {"bf16": self.bf16}}  # what ran, not "auto"

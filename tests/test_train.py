@@ -283,14 +283,14 @@ def learned_model_dir(tiny_model_dir, tmp_path) -> Path:
     return d
 
 
-def test_lengthdrop_with_the_learned_ranking_ranks_by_fixed_scorers_and_refits_them_at_the_end(
+def test_lengthdrop_with_the_learned_ranking_ranks_by_fixed_scorers_and_refits_them_on_request(
         tiny_model_dir, data_dir, tmp_path, monkeypatch):
     """Sub-models rank by the scorers (they run in every sub-model), the scorers stay as fitted while the encoder
-    trains, and the saved model carries scorers fitted again on its *final* weights, over features spread across
-    the whole training set."""
+    trains, and with refit_scorers the saved model carries scorers fitted again on its *final* weights, over
+    features spread across the whole training set."""
     from quala import scorer
     t = make_trainer(learned_model_dir(tiny_model_dir, tmp_path), data_dir, tmp_path / "out", "lengthdrop",
-                     max_steps=4, eval_limit=4, layer_dropout_prob=0.0)
+                     max_steps=4, eval_limit=4, layer_dropout_prob=0.0, refit_scorers=True)
     initial = QualaForQuestionAnswering.from_pretrained(tmp_path / "learned")
     before = [layer.scorer.weight.detach().clone() for layer in t.model.layers]
     calls = []
@@ -314,6 +314,28 @@ def test_lengthdrop_with_the_learned_ranking_ranks_by_fixed_scorers_and_refits_t
         assert torch.allclose(layer.scorer.weight, final.weight, atol=1e-5)
         assert not torch.allclose(layer.scorer.weight, first.weight, atol=1e-3)
 
+
+
+@pytest.mark.parametrize("stage,refit,refits", [("lengthdrop", None, False), ("finetune", None, True),
+                                                ("finetune", False, False)])
+def test_the_scorers_are_refitted_after_fine_tuning_and_kept_after_lengthdrop_by_default(
+        tiny_model_dir, data_dir, tmp_path, monkeypatch, stage, refit, refits):
+    """LengthDrop's sub-models learned to work with the scorers they ranked by: by default the saved model keeps
+    them. Fine-tuning ran at full length only, where the scorers played no part: they are fitted again."""
+    from quala import scorer
+    t = make_trainer(learned_model_dir(tiny_model_dir, tmp_path), data_dir, tmp_path / "out", stage,
+                     max_steps=2, eval_limit=2, layer_dropout_prob=0.0, refit_scorers=refit,
+                     eval_length_configs=["0.5,0.5,0.5"])
+    before = [layer.scorer.weight.detach().clone() for layer in t.model.layers]
+    fitted = []
+    real_fit = scorer.fit
+    monkeypatch.setattr(scorer, "fit", lambda model, features: fitted.append(1) or real_fit(model, features))
+    assert t.run()
+    t.finish()
+    saved = QualaForQuestionAnswering.from_pretrained(tmp_path / "out")
+    assert len(fitted) == int(refits)
+    kept = all(torch.equal(b, layer.scorer.weight) for b, layer in zip(before, saved.layers))
+    assert kept != refits
 
 def fixed_scorer_loss(t: Trainer) -> float:
     t.model.eval()
