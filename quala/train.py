@@ -71,8 +71,7 @@ class TrainConfig:
     stop_after_steps: int | None = None  # save a checkpoint and stop after this many steps (for resume tests)
     eval_length_configs: list[str] | None = None  # scored after LengthDrop; None: two linear schedules
     scorer_loss: float = 0.0  # weight of the learned ranking's scorer loss (scorer_loss()); 0: scorers held fixed
-    refit_scorers: bool | None = None  # fit the learned ranking's scorers again at the end; None: after fine-tuning
-    # only (they played no part in it); LengthDrop's sub-models trained with the scorers they have, so they stay
+    refit_scorers: bool | None = None  # refit the learned ranking's scorers at the end; None: see refits_scorers()
 
 
 # ---- losses ------------------------------------------------------------------------------------------------------
@@ -396,9 +395,8 @@ class Trainer:
         return not stop
 
     def refit_scorers(self, features: int = 2000) -> None:
-        """Fit the learned ranking's scorers again on the trained weights. Top-k selection passes no gradient to
-        them, so they rank with the states they were fitted on while the weights move; a refit at the end keeps
-        the saved model's ranking true to its saved weights. Training features only, spread over the set."""
+        """Fit the learned ranking's scorers again on the trained weights (the states they read have moved).
+        Training features only, spread over the set."""
         picked = self.features[:: max(1, len(self.features) // features)][:features]
         t0 = time.perf_counter()
         attach_scorers(self.model, [s.to(self.device).requires_grad_(False) for s in
@@ -407,9 +405,12 @@ class Trainer:
               f"({time.perf_counter() - t0:.0f} s)")
 
     def refits_scorers(self) -> bool:
-        """Whether finish() fits the scorers again. After LengthDrop it does not by default: the later layers have
-        learned to work with what these scorers keep, and a refit ranking undoes part of that (measured: -1.1 F1 at
-        2.2x fewer MACs on held-out questions, docs/benchmarks.md)."""
+        """Whether finish() fits a learned ranking's scorers again. By default after fine-tuning (full length only,
+        where they played no part) but not after LengthDrop: its later layers learned to work with what these
+        scorers keep, and a refit ranking undoes part of that (-1.1 F1 at 2.2x fewer MACs on held-out questions,
+        docs/benchmarks.md)."""
+        if self.model.config.ranking != "learned":
+            return False
         return self.stage == "finetune" if self.cfg.refit_scorers is None else self.cfg.refit_scorers
 
     def finish(self) -> dict:
@@ -418,7 +419,7 @@ class Trainer:
             torch.distributed.barrier()  # wait until rank 0 has saved the model the next stage starts from
             return {}
         self.model.eval()
-        if self.model.config.ranking == "learned" and self.refits_scorers():
+        if self.refits_scorers():
             self.refit_scorers()
         self.model.config.extra = {"trained_by": "quala train", "stage": self.stage, "steps": self.step,
                                    "train_config": asdict(self.cfg) | {"bf16": self.bf16}}  # what ran, not "auto"

@@ -315,7 +315,6 @@ def test_lengthdrop_with_the_learned_ranking_ranks_by_fixed_scorers_and_refits_t
         assert not torch.allclose(layer.scorer.weight, first.weight, atol=1e-3)
 
 
-
 @pytest.mark.parametrize("stage,refit,refits", [("lengthdrop", None, False), ("finetune", None, True),
                                                 ("finetune", False, False)])
 def test_the_scorers_are_refitted_after_fine_tuning_and_kept_after_lengthdrop_by_default(
@@ -336,6 +335,7 @@ def test_the_scorers_are_refitted_after_fine_tuning_and_kept_after_lengthdrop_by
     assert len(fitted) == int(refits)
     kept = all(torch.equal(b, layer.scorer.weight) for b, layer in zip(before, saved.layers))
     assert kept != refits
+
 
 def fixed_scorer_loss(t: Trainer) -> float:
     t.model.eval()
