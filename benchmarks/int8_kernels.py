@@ -1,11 +1,11 @@
 """Which int8 kernel runs a model on this CPU, whether it is exact, and what each kernel scores.
 
-    python benchmarks/int8_kernels.py [--models DIR[,DIR2...]] [--kernels u8s8,u8u8] [--float]
+    python benchmarks/int8_kernels.py [--models DIR[,DIR2...]] [--kernels u8s8,u8u8,u8s7] [--float]
                                       [--configs "full;1,0.99,0.8,0.54,0.35,0.12"] [--limit 500] [--offset 0]
 
 Three things, on the CPU it runs on (printed with its instruction sets):
 1. a MatMulInteger of random full-range operands (64 x 384 x 256) per kernel, against numpy's exact int64 product:
-   ONNX Runtime's u8s8 kernel saturates on x86 without VNNI/AMX, u8u8 never does;
+   ONNX Runtime's u8s8 kernel saturates on x86 without VNNI/AMX, u8u8 never does, nor u8s8 on 7-bit weights (u8s7);
 2. per model and kernel, the median of 5 session creations (the u8u8 rewrite happens at load);
 3. F1 of every model x kernel (and with --float the first model's PyTorch fp32 weights) at each configuration on
    held-out *training* questions (the search's split, questions offset..offset+limit; never dev), and the largest
@@ -37,9 +37,10 @@ def matmul_errors(kernel: str, m: int = 64, k: int = 384, n: int = 256) -> tuple
     from onnx import TensorProto, helper, numpy_helper
     rng = np.random.default_rng(0)
     a = rng.integers(0, 256, (m, k), dtype=np.uint8)
-    w = rng.integers(-127, 128, (k, n))
-    stored = w.astype(np.int8) if kernel == "u8s8" else (w + 128).astype(np.uint8)
-    zero = np.array(0 if kernel == "u8s8" else 128, stored.dtype)
+    w = rng.integers(-64, 65, (k, n)) if kernel == "u8s7" else rng.integers(-127, 128, (k, n))
+    signed = kernel in ("u8s8", "u8s7")
+    stored = w.astype(np.int8) if signed else (w + 128).astype(np.uint8)
+    zero = np.array(0 if signed else 128, stored.dtype)
     graph = helper.make_graph([helper.make_node("MatMulInteger", ["a", "w", "", "wz"], ["y"])], "g",
                               [helper.make_tensor_value_info("a", TensorProto.UINT8, [m, k])],
                               [helper.make_tensor_value_info("y", TensorProto.INT32, [m, n])],
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="", help="model directories with model.int8.onnx, ',' between them "
                                                 "(default: the released model)")
-    p.add_argument("--kernels", default="u8s8,u8u8", help="int8 kernels, ',' between them (auto, u8s8, u8u8)")
+    p.add_argument("--kernels", default="u8s8,u8u8", help="int8 kernels, ',' between them (auto, u8s8, u8u8, u8s7)")
     p.add_argument("--float", action="store_true", help="also score the first model's PyTorch fp32 weights")
     p.add_argument("--configs", default="full;1,0.99,0.8,0.54,0.35,0.12", help="length configurations, ';' between")
     p.add_argument("--limit", type=int, default=500, help="held-out training questions scored (default 500)")
@@ -88,7 +89,7 @@ def run(args) -> None:
     examples, _ = heldout_questions(config, args.offset, args.limit)
     features = make_features(examples, tokenizer, config.max_seq_length, config.doc_stride, config.max_query_length)
     print(f"CPU: {cpu_description()}; u8s8 exact here: {u8s8_exact()}\n")
-    for kernel in ("u8s8", "u8u8"):
+    for kernel in ("u8s8", "u8u8", "u8s7"):
         share, worst = matmul_errors(kernel)
         print(f"MatMulInteger 64 x 384 x 256, full-range operands, {kernel}: {100 * share:.1f}% of outputs wrong, "
               f"largest error {worst}")

@@ -40,7 +40,8 @@ from quala.evaluate import TorchPredictor, evaluate
 from quala.files import read_json, write_json_atomic
 from quala.flops import mean_gmacs
 from quala.modeling import ModelConfig, QualaForQuestionAnswering, load_tokenizer
-from quala.runtime import DISABLED_FUSIONS, MICRO_BATCH, OnnxPredictor, cpu_description, run_micro_batches
+from quala.runtime import (DISABLED_FUSIONS, INT8_KERNELS, MICRO_BATCH, OnnxPredictor, cpu_description,
+                           run_micro_batches)
 
 
 class HFTorch:
@@ -232,13 +233,14 @@ def build_rows(args, model_dir: Path, config: ModelConfig, scratch: Path) -> lis
     for name, lc in configs:
         lc.check(config.num_hidden_layers, config.max_seq_length)
         rows.append(dict(name=f"quala INT8 ORT, {name}", predictor=int8, lc=lc, int8=True, padded=True))
-    # the int8 kernel quala does not pick on this CPU (see quala.runtime.choose_int8_kernel), same graph
-    other = "u8s8" if int8.int8_kernel == "u8u8" else "u8u8"
-    other_int8 = OnnxPredictor(int8.path, config, args.threads, int8_kernel=other)
-    exact = "exact" if other_int8.int8_exact else "saturating on this CPU"
-    for name, lc in [("full", None), *configs]:
-        rows.append(dict(name=f"quala INT8 ORT, {other} kernel ({exact}), {name}", predictor=other_int8, lc=lc,
-                         int8=True))
+    # the int8 kernels quala does not pick on this CPU (see quala.runtime.choose_int8_kernel), same graph
+    for other in (k for k in INT8_KERNELS if k not in ("auto", int8.int8_kernel)):
+        other_int8 = OnnxPredictor(int8.path, config, args.threads, int8_kernel=other)
+        exact = "exact" if other_int8.int8_exact else "saturating on this CPU"
+        exact = "7-bit weights, exact" if other == "u8s7" else exact
+        for name, lc in [("full", None), *configs]:
+            rows.append(dict(name=f"quala INT8 ORT, {other} kernel ({exact}), {name}", predictor=other_int8, lc=lc,
+                             int8=True))
     if args.per_row:
         fresh, rows_graph = fresh_int8(model_dir, config, scratch, args.threads)
         rows.append(dict(name="quala INT8 ORT, this version's export (layer skips in the graph)", predictor=fresh,

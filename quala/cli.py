@@ -169,7 +169,9 @@ def cmd_train(args) -> None:
                       temperature=args.temperature, alpha=args.alpha,
                       bf16=None if args.dtype == "auto" else args.dtype == "bf16", seed=args.seed,
                       checkpoint_minutes=args.checkpoint_minutes, eval_limit=args.eval_limit, resume=args.resume,
-                      scorer_loss=args.scorer_loss, refit_scorers=args.refit_scorers)
+                      scorer_loss=args.scorer_loss, refit_scorers=args.refit_scorers,
+                      front_sample=str(args.front_sample or ""), front_share=args.front_share,
+                      front_jitter=args.front_jitter)
     final = train(cfg)
     print(f"model saved in {final}")
 
@@ -424,6 +426,12 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     a("--scorer-loss", type=fraction, default=0.0, help="train the learned ranking's scorers with the model: this "
       "weight on their squared error against the full model's answer mass near each token, whose gradient also "
       "shapes the early layers' states (default 0: the scorers stay as fitted)")
+    a("--front-sample", type=Path, default=None, help="LengthDrop draws random sub-models near this front's points "
+      "(a model directory or its length_configs.json) as well as uniformly: trains the configurations budgets pick")
+    a("--front-share", type=fraction, default=0.5, help="with --front-sample: share of the random sub-models drawn "
+      "from the front (default 0.5)")
+    a("--front-jitter", type=fraction, default=0.1, help="with --front-sample: each drawn ratio is scaled by a "
+      "uniform factor in [1 - J, 1 + J] (default 0.1)")
     a("--refit-scorers", action=argparse.BooleanOptionalAction, default=None,
       help="fit the learned ranking's scorers again on the final weights (default: after fine-tuning, where they "
       "played no part, yes; after LengthDrop, whose sub-models learned to work with the scorers they ranked by, no)")

@@ -332,6 +332,48 @@ def unsigned_weights(model: onnx.ModelProto) -> int:
     return len({n.input[WEIGHT_INPUTS[n.op_type][0]] for n in nodes})
 
 
+def weight_scale_name(model: onnx.ModelProto, node) -> str:
+    """The initializer holding the scale(s) of a quantized weight: a DequantizeLinear's own scale input; for a
+    MatMulInteger, ONNX Runtime's quantizer stores the weight W as W_quantized beside W_scale."""
+    inits = {i.name for i in model.graph.initializer}
+    weight = node.input[WEIGHT_INPUTS[node.op_type][0]]
+    name = node.input[1] if node.op_type == "DequantizeLinear" else weight.removesuffix("_quantized") + "_scale"
+    if not weight.endswith("_quantized") and node.op_type == "MatMulInteger" or name not in inits:
+        raise QualaError(f"{node.name}: cannot find the scale of weight {weight!r} (expected an initializer "
+                         f"{name!r}, as ONNX Runtime's quantizer names it)")
+    return name
+
+
+def seven_bit_weights(model: onnx.ModelProto) -> int:
+    """Halve every int8 weight (rounded to nearest even, so within [-64, 64]) and double its scale: the weights
+    become 7-bit, the same matrix to within half a step of the new scale. ONNX Runtime's u8s8 kernel is then exact
+    on every CPU: on x86 without VNNI its VPMADDUBSW adds pairs of uint8 x int8 products into an int16, and
+    2 x 255 x 64 = 32,640 fits where 2 x 255 x 127 overflows (unsigned_weights' reason). The fast kernel without
+    saturation, at the price of one bit of weight precision (ONNX Runtime's `reduce_range`, applied to a graph
+    already quantized). A per-row graph's column sums follow. Rewrites the graph in place; returns how many weights
+    it changed."""
+    from onnx import numpy_helper
+    inits = {i.name: i for i in model.graph.initializer}
+    done: set[str] = set()
+    for n in int8_weight_nodes(model):
+        weight, zero = (n.input[i] if len(n.input) > i else "" for i in WEIGHT_INPUTS[n.op_type])
+        if weight in done:
+            continue
+        if zero and np.any(numpy_helper.to_array(inits[zero]) != 0):
+            raise QualaError(f"{n.name}: weight {weight!r} has a non-zero zero point; 7-bit weights need symmetric "
+                             f"ones (quala quantizes weights symmetrically)")
+        scale = weight_scale_name(model, n)
+        w7 = np.round(numpy_helper.to_array(inits[weight]).astype(np.float32) / 2).astype(np.int8)
+        inits[weight].CopyFrom(numpy_helper.from_array(w7, weight))
+        colsum = f"{weight}_column_sums"  # a per-row graph's zero-point correction (per_row_activations)
+        if colsum in inits:
+            inits[colsum].CopyFrom(numpy_helper.from_array(w7.astype(np.int32).sum(0).astype(np.int32), colsum))
+        s = numpy_helper.to_array(inits[scale])
+        inits[scale].CopyFrom(numpy_helper.from_array((s * 2).astype(s.dtype), scale))
+        done.add(weight)
+    return len(done)
+
+
 def keep_metadata(source: onnx.ModelProto, target: onnx.ModelProto) -> None:
     """The float graph's metadata (e.g. quala.layer_skips) on the quantized one too; target's own entries win."""
     props = {p.key: p.value for p in source.metadata_props}

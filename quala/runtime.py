@@ -47,7 +47,8 @@ ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_b
 # ONNX Runtime's uint8 x int8 kernel is exact on x86 only with these (VNNI's VPDPBUSD, AMX's TDPBUSD accumulate in
 # int32); without them it saturates (see quala.quantize.unsigned_weights) and quala runs the u8u8 kernel.
 EXACT_U8S8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
-INT8_KERNELS = ("auto", "u8s8", "u8u8")
+# u8s7: the u8s8 kernel on weights halved to 7 bits at load (quala.quantize.seven_bit_weights), exact on every CPU
+INT8_KERNELS = ("auto", "u8s8", "u8u8", "u8s7")
 INT8_KERNEL_ENV = "QUALA_INT8_KERNEL"
 
 
@@ -128,10 +129,10 @@ class OnnxPredictor:
             model = onnx.load(str(self.path))
             self.int8_kernel = int8_kernel_of(model)
             source: str | bytes = str(self.path)
-            if self.int8_kernel == "u8s8" and kernel == "u8u8":  # rewritten in memory, the file stays as it is
-                from quala.quantize import unsigned_weights
-                unsigned_weights(model)
-                self.int8_kernel = "u8u8"
+            if self.int8_kernel == "u8s8" and kernel in ("u8u8", "u8s7"):  # rewritten in memory, not the file
+                from quala.quantize import seven_bit_weights, unsigned_weights
+                (unsigned_weights if kernel == "u8u8" else seven_bit_weights)(model)
+                self.int8_kernel = kernel
                 source = model.SerializeToString()
             self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"],
                                                 disabled_optimizers=list(DISABLED_FUSIONS))

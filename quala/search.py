@@ -264,8 +264,9 @@ def runtime_name(predictor: Predictor) -> str:
     if isinstance(predictor, TorchPredictor):
         return "torch-bf16" if predictor.dtype == "bf16" else "torch-fp32"
     if getattr(predictor, "path", None) is not None:  # a saturating int8 kernel scores differently: not cached alike
-        inexact = "" if getattr(predictor, "int8_exact", True) else f":{predictor.int8_kernel}-saturating"
-        return f"onnxruntime:{Path(predictor.path).name}{inexact}"
+        kernel = getattr(predictor, "int8_kernel", None)
+        inexact = "" if getattr(predictor, "int8_exact", True) else f":{kernel}-saturating"
+        return f"onnxruntime:{Path(predictor.path).name}{inexact}" + (":u8s7" if kernel == "u8s7" else "")
     return str(getattr(predictor, "name", type(predictor).__name__))
 
 

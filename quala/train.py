@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from quala import scorer
+from quala.budget import read_front
 from quala.config import LengthConfig, QualaError, squad_path
 from quala.data import collate, length_grouped_batches, load_squad, make_features, split_articles
 from quala.evaluate import TorchPredictor, evaluate
@@ -71,6 +72,9 @@ class TrainConfig:
     stop_after_steps: int | None = None  # save a checkpoint and stop after this many steps (for resume tests)
     eval_length_configs: list[str] | None = None  # scored after LengthDrop; None: two linear schedules
     scorer_loss: float = 0.0  # weight of the learned ranking's scorer loss (scorer_loss()); 0: scorers held fixed
+    front_sample: str = ""  # a front (model directory or length_configs.json) the random sub-models are drawn from
+    front_share: float = 0.5  # with front_sample: the share of random sub-models drawn from it (the rest: uniform)
+    front_jitter: float = 0.1  # each drawn ratio is scaled by U(1 - jitter, 1 + jitter)
     refit_scorers: bool | None = None  # refit the learned ranking's scorers at the end; None: see refits_scorers()
 
 
@@ -128,6 +132,30 @@ def sample_ratios(num_layers: int, bound: float, rng: np.random.Generator | None
         r = r * (1 - bound) if rng is None else r * rng.uniform(1 - bound, 1.0)
         ratios.append(r)
     return tuple(ratios)
+
+
+def front_ratios(path: str | os.PathLike, num_layers: int) -> list[tuple[float, ...]]:
+    """The ratio configurations of a front (a model directory or its length_configs.json), full length left out."""
+    configs = [p.length_config for p in read_front(path).configs if p.length_config is not None]
+    ratios = [lc.values for lc in configs if lc.unit == "ratio" and len(lc.values) == num_layers]
+    if not ratios:
+        raise QualaError(f"--front-sample {path}: no ratio configuration of {num_layers} layers in its front")
+    return ratios
+
+
+def jitter_ratios(values: tuple[float, ...], spread: float, rng: np.random.Generator) -> tuple[float, ...]:
+    """A front point's ratios, each scaled by U(1 - spread, 1 + spread), kept in [0.01, 1] and non-increasing over
+    the layers that run; a 0 (a skipped layer) stays 0. LengthDrop's uniform sub-models never drop more than its
+    bound per layer, while the cheap points a search finds drop half the tokens at once (0.48 at the first layer):
+    drawing sub-models near the front trains the shapes that budgets pick."""
+    out, last = [], 1.0
+    for v in values:
+        if v == 0:
+            out.append(0.0)
+            continue
+        last = min(last, max(0.01, min(1.0, v * rng.uniform(1 - spread, 1 + spread))))
+        out.append(round(last, 4))
+    return tuple(out)
 
 
 def sample_skipped_layers(num_layers: int, prob: float, rng: np.random.Generator) -> frozenset[int]:
@@ -201,6 +229,7 @@ class Trainer:
             self.optimizer, lambda s: min((s + 1) / max(1, warmup), max(0.0, (self.total_steps - s)
                                                                           / max(1, self.total_steps - warmup))))
         self.sampler = np.random.default_rng(cfg.seed + 1 + self.rank)  # sub-model lengths and LayerDrop
+        self.front = front_ratios(cfg.front_sample, len(model.layers)) if cfg.front_sample else []
         self.step = 0
         self.teacher_logits = self._teacher_logits() if cfg.teacher else None
         self.used_ratios: list[tuple[float, ...]] = []  # the sub-model configurations of the last step
@@ -289,8 +318,12 @@ class Trainer:
         if sandwich:
             # the smallest sub-model, then num_sandwich random ones; all distil from the full model
             for i in range(n_sub):
-                ratios = sample_ratios(len(self.model.layers), cfg.length_drop_ratio_bound,
-                                       None if i == 0 else self.sampler)
+                if i > 0 and self.front and self.sampler.random() < cfg.front_share:
+                    front = self.front[self.sampler.integers(len(self.front))]
+                    ratios = jitter_ratios(front, cfg.front_jitter, self.sampler)
+                else:
+                    ratios = sample_ratios(len(self.model.layers), cfg.length_drop_ratio_bound,
+                                           None if i == 0 else self.sampler)
                 skipped = frozenset() if i == 0 else sample_skipped_layers(len(self.model.layers),
                                                                            cfg.layer_dropout_prob, self.sampler)
                 self.used_ratios.append(ratios)

@@ -108,6 +108,8 @@ def train(args, stage: str, init: Path, out: Path, epochs: float, lr: float, tim
            "--length-drop-ratio-bound", str(args.length_drop_ratio_bound)]
     cmd += ["--limit", str(args.limit)] if args.limit else []
     cmd += ["--scorer-loss", str(args.scorer_loss)] if stage == "lengthdrop" and args.scorer_loss else []
+    if stage == "lengthdrop" and args.front_sample:
+        cmd += ["--front-sample", args.front_sample, "--front-share", str(args.front_share)]
     print(" ".join(cmd), flush=True)
     with open(log, "w") as f:
         p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
@@ -239,6 +241,9 @@ def main() -> None:
     r.add_argument("--warmup-ratio", type=float, default=0.1)
     r.add_argument("--scorer-loss", type=float, default=0.0, help="LengthDrop trains the learned ranking's scorers "
                    "with the model at this weight (quala train --scorer-loss; a model with learned scorers only)")
+    r.add_argument("--front-sample", default=None, help="LengthDrop also draws sub-models near this front (quala "
+                   "train --front-sample; e.g. quala/models/quala-minilm, which travels with the working tree)")
+    r.add_argument("--front-share", type=float, default=0.5, help="with --front-sample (quala train --front-share)")
     r.add_argument("--start-from", default=None, help="LengthDrop only, from a folder in .carry/ (an fp16 model) "
                    "or in the repository (runs/gpu/lengthdrop: the last call's result on a still-warm machine)")
     r.add_argument("--lengthdrop-rate", type=float, default=204, help="with --start-from: LengthDrop features/s "

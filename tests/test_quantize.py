@@ -7,7 +7,8 @@ from onnx import TensorProto, helper, numpy_helper
 from quala.cli import main
 from quala.config import LengthConfig, QualaError
 from quala.data import collate, load_squad, make_features
-from quala.quantize import ACTIVATIONS_KEY, calibration_reader, per_row_activations, quantize_model, unsigned_weights
+from quala.quantize import (ACTIVATIONS_KEY, calibration_reader, per_row_activations, quantize_model,
+                            seven_bit_weights, unsigned_weights)
 from quala.runtime import OnnxPredictor, load_predictor, u8s8_exact
 
 REDUCED = LengthConfig((0.7, 0.4, 0.2))
@@ -204,6 +205,56 @@ def test_unsigned_weights_refuses_a_computed_zero_point():
     model.graph.node[0].input[3] = "a"  # not a constant
     with pytest.raises(QualaError, match="not an int8 constant"):
         unsigned_weights(model)
+
+
+def test_seven_bit_weights_make_the_fast_kernel_exact_on_every_cpu():
+    """Full-range activations against weights halved to [-64, 64]: VPMADDUBSW's int16 pair sums cannot overflow,
+    so ONNX Runtime's u8s8 kernel gives the exact product of the new weights on every CPU; the scale doubles, so
+    the weight matrix it stands for moves by at most half a new step."""
+    import onnxruntime as ort
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 256, (64, 384), dtype=np.uint8)
+    w = rng.integers(-127, 128, (384, 256)).astype(np.int8)
+    scale = rng.uniform(0.001, 0.01, 256).astype(np.float32)
+    model = matmul_integer(w, np.zeros(256, np.int8))
+    model.graph.node[0].input[1] = "w_quantized"
+    model.graph.initializer[0].name = "w_quantized"
+    model.graph.initializer.append(numpy_helper.from_array(scale, "w_scale"))
+    assert seven_bit_weights(model) == 1
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    w7 = inits["w_quantized"]
+    assert w7.dtype == np.int8 and np.abs(w7).max() <= 64 and np.abs(w7).max() >= 63
+    assert np.allclose(inits["w_scale"], 2 * scale)
+    assert np.abs(w7 * inits["w_scale"] - w * scale).max() <= (scale * 1.0001).max()  # half of 2 * scale
+    y = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"a": a})[0]
+    assert np.array_equal(y, a.astype(np.int64) @ w7.astype(np.int64))
+
+
+def test_seven_bit_weights_refuse_a_weight_without_its_scale_or_an_asymmetric_one():
+    model = matmul_integer(np.ones((8, 4), np.int8), np.zeros(4, np.int8))
+    with pytest.raises(QualaError, match="cannot find the scale"):
+        seven_bit_weights(model)
+    model = matmul_integer(np.ones((8, 4), np.int8), np.ones(4, np.int8))
+    with pytest.raises(QualaError, match="non-zero zero point"):
+        seven_bit_weights(model)
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "static", "per-row"])
+def test_seven_bit_kernel_stays_close_to_the_float_graph(onnx_dir, data_dir, tmp_path, config, batch, mode):
+    """u8s7 (the graph's weights halved at load, run by the u8s8 kernel): exact arithmetic on every CPU, other
+    integers than the stored graph's, and logits about as close to the float graph as the 8-bit weights'."""
+    path = quantize_model(onnx_dir, "static" if mode == "static" else "dynamic", tmp_path / f"{mode}.onnx",
+                          calibration_features=16, train_file=data_dir / "train.json",
+                          activations="per-row" if mode == "per-row" else "per-tensor")
+    eight, seven = (OnnxPredictor(path, config, int8_kernel=k) for k in ("u8u8", "u8s7"))
+    assert (seven.int8_kernel, seven.int8_exact) == ("u8s7", True)
+    b = {k: v[:8] for k, v in batch.items()}
+    real = b["attention_mask"].astype(bool)
+    fp32 = OnnxPredictor(onnx_dir / "model.onnx", config)(b, REDUCED)[0]
+    e, s = eight(b, REDUCED)[0], seven(b, REDUCED)[0]
+    assert np.abs(s - e)[real].max() > 0  # other weights
+    err7, err8 = (np.abs(x - fp32)[real] for x in (s, e))
+    assert err7.max() < 0.3 and err7.mean() < 3 * err8.mean()  # one bit less: about twice the rounding error
 
 
 @pytest.mark.parametrize("mode", ["dynamic", "static"])

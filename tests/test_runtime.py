@@ -271,6 +271,7 @@ def test_int8_kernel_is_u8s8_only_where_it_is_exact(monkeypatch):
     for vnni in ("avx512_vnni", "avx_vnni", "amx_int8"):
         assert runtime.choose_int8_kernel(flags=frozenset({"avx2", vnni})) == "u8s8"
     assert runtime.choose_int8_kernel("u8s8", flags=frozenset({"avx2"})) == "u8s8"
+    assert runtime.choose_int8_kernel("u8s7", flags=frozenset({"avx2", "avx512_vnni"})) == "u8s7"
     monkeypatch.setenv(runtime.INT8_KERNEL_ENV, "u8s8")
     assert runtime.choose_int8_kernel(flags=frozenset({"avx2"})) == "u8s8"
     assert runtime.choose_int8_kernel("auto", flags=frozenset({"avx2"})) == "u8u8"

@@ -12,8 +12,10 @@ from quala import scorer
 from quala.config import QualaError
 from quala.data import collate
 from quala.modeling import QualaForQuestionAnswering
-from quala.train import (TrainConfig, Trainer, distill_loss, native_bf16, sample_ratios, sample_skipped_layers,
-                         scorer_loss, span_loss, to_device, train)
+from quala.budget import Front, FrontPoint, write_front
+from quala.config import LengthConfig
+from quala.train import (TrainConfig, Trainer, distill_loss, jitter_ratios, native_bf16, sample_ratios,
+                         sample_skipped_layers, scorer_loss, span_loss, to_device, train)
 
 
 def make_trainer(model_dir, data_dir, tmp_path, stage="finetune", **kw) -> Trainer:
@@ -59,6 +61,47 @@ def test_sandwich_runs_full_smallest_and_random_submodels(tiny_model_dir, data_d
         assert all(0.8 * a <= b <= a for a, b in zip((1.0,) + ratios, ratios))
         assert (k >= kept[1]).all() and (k <= kept[0]).all()
     assert t.used_ratios[1] != t.used_ratios[2]
+
+
+def test_jittered_front_ratios_stay_near_the_point_monotone_and_keep_skips():
+    rng = np.random.default_rng(0)
+    point = (0.48, 0.43, 0.0, 0.28, 0.2, 0.05)
+    for _ in range(200):
+        r = jitter_ratios(point, 0.1, rng)
+        running = [v for v in r if v > 0]
+        assert r[2] == 0.0 and len(running) == 5
+        assert all(b <= a for a, b in zip(running, running[1:]))
+        assert all(0.01 <= v <= min(1.0, 1.1 * p + 1e-9) for v, p in zip(r, point) if p > 0)
+        LengthConfig(r)  # a valid configuration
+    assert jitter_ratios((1.0, 1.0, 1.0), 0.0, rng) == (1.0, 1.0, 1.0)
+    assert len({jitter_ratios(point, 0.1, rng) for _ in range(20)}) == 20
+
+
+def write_tiny_front(path: Path, ratios: list[tuple[float, ...]]) -> Path:
+    points = [FrontPoint(f"p{i}", LengthConfig(r), 1.0, 1.0, 50.0) for i, r in enumerate(ratios)]
+    write_front(path, Front(points))
+    return path
+
+
+@pytest.mark.parametrize("share", [0.0, 1.0])
+def test_random_submodels_are_drawn_near_the_front_in_the_share_asked(share, tiny_model_dir, data_dir, tmp_path):
+    front = [(0.3, 0.2, 0.1), (0.5, 0.5, 0.05)]  # far below what the uniform bound of 0.2 reaches
+    path = write_tiny_front(tmp_path / "length_configs.json", front)
+    t = make_trainer(tiny_model_dir, data_dir, tmp_path / "out", "lengthdrop", num_sandwich=6,
+                     layer_dropout_prob=0.0, front_sample=str(path), front_share=share, front_jitter=0.1)
+    b = to_device(collate(t.features[:8]), "cpu")
+    t.train_step(b, list(range(8)))
+    assert t.used_ratios[0] == pytest.approx(sample_ratios(3, 0.2, None))  # the smallest stays the sandwich's
+    near = [any(all(0.9 * p - 1e-9 <= v <= 1.1 * p + 1e-9 for v, p in zip(r, point)) for point in front)
+            for r in t.used_ratios[1:]]
+    uniform = [all(0.8 * a <= b <= a for a, b in zip((1.0,) + r, r)) for r in t.used_ratios[1:]]
+    assert all(near) if share == 1.0 else (all(uniform) and not any(near))
+
+
+def test_front_sample_without_a_usable_configuration_is_a_clear_error(tiny_model_dir, data_dir, tmp_path):
+    path = write_tiny_front(tmp_path / "length_configs.json", [(0.5, 0.4, 0.3, 0.2)])  # 4 layers, the model has 3
+    with pytest.raises(QualaError, match="no ratio configuration of 3 layers"):
+        make_trainer(tiny_model_dir, data_dir, tmp_path / "out", "lengthdrop", front_sample=str(path))
 
 
 @pytest.mark.parametrize("flags, native", [({"avx2"}, False), ({"avx2", "avx512_vnni"}, False),
