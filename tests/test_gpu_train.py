@@ -71,7 +71,8 @@ def test_a_learned_ranking_model_comes_back_with_its_scorers(tiny_model_dir, tmp
 
 
 def test_lengthdrop_passes_the_scorer_loss_to_quala_train(tmp_path, monkeypatch):
-    """run --scorer-loss W: the LengthDrop stage's `quala train` command carries it (and parses); fine-tuning not."""
+    """run --scorer-loss W --front-sample DIR: the LengthDrop stage's `quala train` command carries them (and
+    parses); fine-tuning not."""
     import argparse
 
     from quala.cli import build_parser
@@ -86,9 +87,10 @@ def test_lengthdrop_passes_the_scorer_loss_to_quala_train(tmp_path, monkeypatch)
 
     monkeypatch.setattr(gpu_train.subprocess, "Popen", Done)
     args = argparse.Namespace(batch_size=32, eval_limit=10, warmup_ratio=0.02, length_drop_ratio_bound=0.4, limit=None,
-                              scorer_loss=0.1)
+                              scorer_loss=0.1, front_sample="quala/models/quala-minilm", front_share=0.25)
     for stage in ("finetune", "lengthdrop"):
         gpu_train.train(args, stage, tmp_path / "m", tmp_path / "o", 0.5, 2e-5, 10, tmp_path / f"{stage}.log")
     tail = [cmd[cmd.index("train"):] for cmd in commands]
-    assert "--scorer-loss" not in tail[0]
-    assert build_parser().parse_args(tail[1]).scorer_loss == 0.1
+    assert "--scorer-loss" not in tail[0] and "--front-sample" not in tail[0]
+    parsed = build_parser().parse_args(tail[1])
+    assert (parsed.scorer_loss, str(parsed.front_sample), parsed.front_share) == (0.1, "quala/models/quala-minilm", 0.25)

@@ -1,6 +1,7 @@
 """benchmarks/int8_vs_float.py: screen every front configuration, score the flagged ones again, flag by the larger."""
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -44,7 +45,8 @@ def test_screen_then_confirm_on_a_tiny_model_and_resume_from_the_caches(tmp_path
     write_front(model / "length_configs.json", Front(points, None, {"fastest": "p0"}))
     cmd = [sys.executable, str(SCRIPT), "--model", str(model), "--limit", "4", "--confirm-limit", "8",
            "--confirm-over", "-100", "--json", str(tmp_path / "rows.json")]  # confirm every row
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    env = {**os.environ, "QUALA_INT8_KERNEL": "u8u8"}  # the stored integers on every CPU: one cache name
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
     rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
     assert [r["length_config"] for r in rows] == ["0.5,0.3,0.2", "full"]
     assert all(r["questions"] == 4 and r["confirm_questions"] == 8 for r in rows)
@@ -55,11 +57,12 @@ def test_screen_then_confirm_on_a_tiny_model_and_resume_from_the_caches(tmp_path
     cache = json.loads((model / "int8_vs_float" / "torch-fp32.dev8.json").read_text())
     cache["scores"]["full"]["f1"] = 99.0  # a second run reads the cache instead of scoring again
     (model / "int8_vs_float" / "torch-fp32.dev8.json").write_text(json.dumps(cache))
-    subprocess.run(cmd, capture_output=True, text=True, check=True)
+    subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
     assert rows[1]["confirm_f1_float"] == 99.0
     # nothing flagged now, but the larger sample scored before still gives the verdict
-    subprocess.run(cmd[:-4] + ["--confirm-over", "100"] + cmd[-2:], capture_output=True, text=True, check=True)
+    subprocess.run(cmd[:-4] + ["--confirm-over", "100"] + cmd[-2:], capture_output=True, text=True, check=True,
+                   env=env)
     rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
     assert all(r["confirm_questions"] == 8 for r in rows) and rows[1]["confirm_f1_float"] == 99.0
 
