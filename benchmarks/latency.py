@@ -236,8 +236,8 @@ def build_rows(args, model_dir: Path, config: ModelConfig, scratch: Path) -> lis
     # the int8 kernels quala does not pick on this CPU (see quala.runtime.choose_int8_kernel), same graph
     for other in (k for k in INT8_KERNELS if k not in ("auto", int8.int8_kernel)):
         other_int8 = OnnxPredictor(int8.path, config, args.threads, int8_kernel=other)
-        exact = "exact" if other_int8.int8_exact else "saturating on this CPU"
-        exact = "7-bit weights, exact" if other == "u8s7" else exact
+        exact = ("7-bit weights, " if other == "u8s7" else "") + (
+            "exact" if other_int8.int8_exact else "saturating on this CPU")
         for name, lc in [("full", None), *configs]:
             rows.append(dict(name=f"quala INT8 ORT, {other} kernel ({exact}), {name}", predictor=other_int8, lc=lc,
                              int8=True))

@@ -337,8 +337,8 @@ def weight_scale_name(model: onnx.ModelProto, node) -> str:
     MatMulInteger, ONNX Runtime's quantizer stores the weight W as W_quantized beside W_scale."""
     inits = {i.name for i in model.graph.initializer}
     weight = node.input[WEIGHT_INPUTS[node.op_type][0]]
-    name = node.input[1] if node.op_type == "DequantizeLinear" else weight.removesuffix("_quantized") + "_scale"
-    if not weight.endswith("_quantized") and node.op_type == "MatMulInteger" or name not in inits:
+    name = node.input[1] if node.op_type == "DequantizeLinear" else f"{weight.removesuffix('_quantized')}_scale"
+    if name not in inits:
         raise QualaError(f"{node.name}: cannot find the scale of weight {weight!r} (expected an initializer "
                          f"{name!r}, as ONNX Runtime's quantizer names it)")
     return name
@@ -367,7 +367,7 @@ def seven_bit_weights(model: onnx.ModelProto) -> int:
         inits[weight].CopyFrom(numpy_helper.from_array(w7, weight))
         colsum = f"{weight}_column_sums"  # a per-row graph's zero-point correction (per_row_activations)
         if colsum in inits:
-            inits[colsum].CopyFrom(numpy_helper.from_array(w7.astype(np.int32).sum(0).astype(np.int32), colsum))
+            inits[colsum].CopyFrom(numpy_helper.from_array(w7.sum(0, dtype=np.int32), colsum))
         s = numpy_helper.to_array(inits[scale])
         inits[scale].CopyFrom(numpy_helper.from_array((s * 2).astype(s.dtype), scale))
         done.add(weight)

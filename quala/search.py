@@ -260,13 +260,14 @@ def measure_latencies(predictor: Predictor, features: list[Feature], lcs: list[L
 
 def runtime_name(predictor: Predictor) -> str:
     """'torch-fp32', 'torch-bf16', 'onnxruntime:model.int8.onnx' (a predictor with a .path; with
-    ':u8s8-saturating' when its int8 kernel is not exact on this CPU), or its .name."""
+    ':u8s8-saturating' when its int8 kernel is not exact on this CPU, ':u8s7' on 7-bit weights), or its .name."""
     if isinstance(predictor, TorchPredictor):
         return "torch-bf16" if predictor.dtype == "bf16" else "torch-fp32"
     if getattr(predictor, "path", None) is not None:  # a saturating int8 kernel scores differently: not cached alike
-        kernel = getattr(predictor, "int8_kernel", None)
-        inexact = "" if getattr(predictor, "int8_exact", True) else f":{kernel}-saturating"
-        return f"onnxruntime:{Path(predictor.path).name}{inexact}" + (":u8s7" if kernel == "u8s7" else "")
+        kernel = getattr(predictor, "int8_kernel", None)  # u8s7 computes other integers than the stored graph's
+        tag = (f":{kernel}-saturating" if not getattr(predictor, "int8_exact", True)
+               else ":u8s7" if kernel == "u8s7" else "")
+        return f"onnxruntime:{Path(predictor.path).name}{tag}"
     return str(getattr(predictor, "name", type(predictor).__name__))
 
 
