@@ -10,8 +10,11 @@ The BERT-base row is a *randomly initialised* BertForQuestionAnswering(BertConfi
 same shape and speed as a trained one, no F1. Length configurations come from --length-configs (';' between
 configurations) or DIR/length_configs.json. GMAC/s of the INT8 rows is compared with a large int8 GEMM
 (ONNX Runtime MatMulInteger, uint8 x int8) measured in the same run. quala's ONNX runtime runs a batch in
-micro-batches of quala.runtime.MICRO_BATCH rows; the plain export is timed both ways, and quala's full-length
-model also in one run per batch, so each setting's share of a speed-up shows.
+micro-batches of quala.runtime.MICRO_BATCH rows, side by side, one per thread; the plain export is timed in one run
+per batch, in micro-batches one after another and side by side, and quala's rows also one after another (and its
+full-length model in one run per batch), so each setting's share of a speed-up shows. "b32 time follows MACs" is
+(full-length ms / the row's ms) / (full-length MACs / the row's MACs) at batch 32 against the full-length row run
+the same way: 1 where time falls as fast as MACs.
 
 --pad-to 384 adds a second table in the original work's protocol, speed only: the same features padded to 384
 tokens that all count as input (attention mask 1, as a padded batch costs in a dense model) and each length
@@ -28,6 +31,7 @@ import sys
 import tempfile
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -60,17 +64,25 @@ class HFOnnx:
     """A plain Hugging Face-style ONNX export (three inputs, two outputs) in ONNX Runtime."""
 
     def __init__(self, path: Path, threads: int, disabled_optimizers: tuple[str, ...] = (),
-                 micro_batch: int | None = None):
+                 micro_batch: int | None = None, side_by_side: bool = False):
         import onnxruntime as ort
         self.micro_batch = micro_batch  # None: one run per batch
+        self.pool = None
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
                                             disabled_optimizers=list(disabled_optimizers))
+        if side_by_side:  # as quala's runtime runs several micro-batches: one per thread, on one-thread runs
+            options.intra_op_num_threads = 1
+            self.pool = (ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+                                              disabled_optimizers=list(disabled_optimizers)),
+                         ThreadPoolExecutor(threads))
 
     def __call__(self, batch, length_config):
         feed = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
-        start, end = run_micro_batches(self.session, feed, self.micro_batch or len(feed["input_ids"]), 2)
+        size = self.micro_batch or len(feed["input_ids"])
+        session, pool = self.pool if self.pool and len(feed["input_ids"]) > size else (self.session, None)
+        start, end = run_micro_batches(session, feed, size, 2, pool=pool)
         return start, end, np.zeros((len(start), 1))
 
 
@@ -103,13 +115,13 @@ def hf_dynamic_int8(model_dir: Path, out_dir: Path, threads: int) -> HFOnnx:
 
 
 def quala_int8(model_dir: Path, config: ModelConfig, out_dir: Path, threads: int,
-               micro_batch: int = MICRO_BATCH) -> OnnxPredictor:
+               micro_batch: int = MICRO_BATCH, side_by_side: bool = True) -> OnnxPredictor:
     """DIR/model.int8.onnx when shipped, else export + quantize (the default mode) into a scratch folder."""
     shipped = model_dir / "model.int8.onnx"
     if (out_dir / "model.int8.onnx").is_file():  # made by an earlier call
-        return OnnxPredictor(out_dir / "model.int8.onnx", config, threads, micro_batch)
+        return OnnxPredictor(out_dir / "model.int8.onnx", config, threads, micro_batch, side_by_side=side_by_side)
     if shipped.is_file():
-        return OnnxPredictor(shipped, config, threads, micro_batch)
+        return OnnxPredictor(shipped, config, threads, micro_batch, side_by_side=side_by_side)
     from quala.export import export_onnx
     from quala.quantize import quantize_model
     export_onnx(QualaForQuestionAnswering.from_pretrained(model_dir), out_dir / "model.onnx")
@@ -217,11 +229,14 @@ def build_rows(args, model_dir: Path, config: ModelConfig, scratch: Path) -> lis
                  predictor=hf_dynamic_int8(model_dir, scratch, args.threads), lc=None, padded=True),
             dict(name="MiniLM full, same, ORT SkipLayerNormFusion off (quala's session setting)",
                  predictor=HFOnnx(scratch / "hf.int8.onnx", args.threads, DISABLED_FUSIONS), lc=None),
-            dict(name=f"MiniLM full, same, and micro-batches of {MICRO_BATCH} (quala's runtime setting)",
+            dict(name=f"MiniLM full, same, and micro-batches of {MICRO_BATCH} one after another",
                  predictor=HFOnnx(scratch / "hf.int8.onnx", args.threads, DISABLED_FUSIONS, MICRO_BATCH), lc=None),
+            dict(name=f"MiniLM full, same, micro-batches of {MICRO_BATCH} side by side (quala's runtime setting)",
+                 predictor=HFOnnx(scratch / "hf.int8.onnx", args.threads, DISABLED_FUSIONS, MICRO_BATCH, True),
+                 lc=None),
             dict(name="quala fp32 PyTorch", predictor=TorchPredictor(model), lc=None),
             dict(name="quala bf16 PyTorch autocast", predictor=TorchPredictor(model, "bf16"), lc=None),
-            dict(name="quala INT8 ORT", predictor=int8, lc=None, int8=True, padded=True),
+            dict(name="quala INT8 ORT", predictor=int8, lc=None, int8=True, padded=True, full_of="quala"),
             dict(name="quala INT8 ORT, one run per batch (no micro-batches)",
                  predictor=quala_int8(model_dir, config, scratch, args.threads, micro_batch=10**9), lc=None,
                  int8=True)]
@@ -232,15 +247,20 @@ def build_rows(args, model_dir: Path, config: ModelConfig, scratch: Path) -> lis
     configs = parse_configs(args.length_configs, model_dir)
     for name, lc in configs:
         lc.check(config.num_hidden_layers, config.max_seq_length)
-        rows.append(dict(name=f"quala INT8 ORT, {name}", predictor=int8, lc=lc, int8=True, padded=True))
+        rows.append(dict(name=f"quala INT8 ORT, {name}", predictor=int8, lc=lc, int8=True, padded=True,
+                         group="quala"))
+    serial = quala_int8(model_dir, config, scratch, args.threads, side_by_side=False)
+    for name, lc in [("full", None), *configs]:
+        rows.append(dict(name=f"quala INT8 ORT, micro-batches one after another, {name}", predictor=serial, lc=lc,
+                         int8=True, **({"full_of": "serial"} if lc is None else {"group": "serial"})))
     # the int8 kernels quala does not pick on this CPU (see quala.runtime.choose_int8_kernel), same graph
-    for other in (k for k in INT8_KERNELS if k not in ("auto", int8.int8_kernel)):
+    for other in (k for k in INT8_KERNELS if args.other_kernels and k not in ("auto", int8.int8_kernel)):
         other_int8 = OnnxPredictor(int8.path, config, args.threads, int8_kernel=other)
         exact = ("7-bit weights, " if other == "u8s7" else "") + (
             "exact" if other_int8.int8_exact else "saturating on this CPU")
         for name, lc in [("full", None), *configs]:
             rows.append(dict(name=f"quala INT8 ORT, {other} kernel ({exact}), {name}", predictor=other_int8, lc=lc,
-                             int8=True))
+                             int8=True, **({"full_of": other} if lc is None else {"group": other})))
     if args.per_row:
         fresh, rows_graph = fresh_int8(model_dir, config, scratch, args.threads)
         rows.append(dict(name="quala INT8 ORT, this version's export (layer skips in the graph)", predictor=fresh,
@@ -294,7 +314,11 @@ def padded_rows(rows: list[dict], width: int) -> list[dict]:
 
 
 def report(rows: list[dict], peak: float, lengths: list[int]) -> list[dict]:
+    """One result per row; a length configuration's row also gets how well its batch-32 time follows its MACs:
+    (full-length ms / its ms) / (full-length MACs / its MACs) against the full-length row of its group (1: time
+    falls as fast as MACs)."""
     base = rows[0]
+    fulls = {row["full_of"]: row for row in rows if "full_of" in row}
     out = []
     for row in rows:
         gmacs = mean_gmacs(row["config"], row["lc"], lengths)
@@ -302,6 +326,10 @@ def report(rows: list[dict], peak: float, lengths: list[int]) -> list[dict]:
         for b in (1, 32):
             r[f"b{b}_ms"] = round(row[f"b{b}_ms"], 2)
             r[f"b{b}_speedup"] = round(base[f"b{b}_ms"] / row[f"b{b}_ms"], 2)
+        full = fulls.get(row.get("group"))
+        if full is not None:
+            full_gmacs = mean_gmacs(full["config"], full["lc"], lengths)
+            r["b32_time_per_macs"] = round((full["b32_ms"] / row["b32_ms"]) / (full_gmacs / gmacs), 2)
         if row.get("int8"):
             r["b32_gmac_per_s"] = round(gmacs / row["b32_ms"] * 1000, 1)
             r["b32_pct_of_int8_peak"] = round(100 * r["b32_gmac_per_s"] / peak, 1)
@@ -313,11 +341,12 @@ def report(rows: list[dict], peak: float, lengths: list[int]) -> list[dict]:
 
 def markdown(results: list[dict], peak: float, kernel: str = "u8s8") -> str:
     lines = ["| path | length config | GMAC/feature | b1 ms | b1 speed-up | b32 ms/feature | b32 speed-up "
-             "| b32 GMAC/s (% of int8 peak) | F1 |", "|" + " --- |" * 9]
+             "| b32 time follows MACs | b32 GMAC/s (% of int8 peak) | F1 |", "|" + " --- |" * 10]
     for r in results:
         eff = f"{r['b32_gmac_per_s']} ({r['b32_pct_of_int8_peak']}%)" if "b32_gmac_per_s" in r else ""
         lines.append(f"| {r['name']} | {r['length_config']} | {r['gmac_per_feature']} | {r['b1_ms']} "
-                     f"| {r['b1_speedup']}x | {r['b32_ms']} | {r['b32_speedup']}x | {eff} | {r.get('f1', '')} |")
+                     f"| {r['b1_speedup']}x | {r['b32_ms']} | {r['b32_speedup']}x | {r.get('b32_time_per_macs', '')} "
+                     f"| {eff} | {r.get('f1', '')} |")
     lines.append(f"\nint8 GEMM peak (ONNX Runtime MatMulInteger 2048^3, {kernel}, the kernel quala runs here): "
                  f"{peak:.0f} GMAC/s")
     return "\n".join(lines)
@@ -337,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="skip the static QDQ INT8 row (it calibrates on SQuAD train features first)")
     p.add_argument("--no-per-row", dest="per_row", action="store_false",
                    help="skip the rows of this version's export: per-tensor and per-row (batch-invariant) INT8")
+    p.add_argument("--no-other-kernels", dest="other_kernels", action="store_false",
+                   help="skip the rows of the int8 kernels quala does not choose on this CPU")
     p.add_argument("--pad-to", type=int, default=0, metavar="N",
                    help="also time the original work's protocol: inputs padded to N tokens, token-count configs")
     p.add_argument("--json", type=Path, default=Path("latency.json"), help="results file (default latency.json)")

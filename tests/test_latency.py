@@ -25,6 +25,12 @@ def test_latency_table_on_a_tiny_model(tiny_model_dir, tmp_path, capsys):
     assert any("micro-batches of" in name for name in rows)
     assert rows["quala INT8 ORT, one run per batch (no micro-batches)"]["b32_ms"] > 0
     assert rows["quala INT8 ORT, 1,0.5,0.3"]["b32_ms"] > 0 and 0 <= rows["quala INT8 ORT"]["f1"] <= 100
+    assert any("side by side (quala's runtime setting)" in name for name in rows)
+    point, full = rows["quala INT8 ORT, 1,0.5,0.3"], rows["quala INT8 ORT"]
+    follows = (full["b32_ms"] / point["b32_ms"]) / (full["gmac_per_feature"] / point["gmac_per_feature"])
+    assert abs(point["b32_time_per_macs"] - follows) < 0.02 and "b32_time_per_macs" not in full
+    serial = rows["quala INT8 ORT, micro-batches one after another, 1,0.5,0.3"]
+    assert serial["b32_ms"] > 0 and serial["b32_time_per_macs"] > 0
     assert "| BERT-base fp32 PyTorch (random init) |" in capsys.readouterr().out
     padded = {r["name"]: r for r in result["padded_rows"]}  # the original work's protocol: 128 tokens, counts
     assert set(padded) == {"BERT-base fp32 PyTorch (random init)", plain, "quala INT8 ORT", "quala INT8 ORT, 1,0.5,0.3"}

@@ -64,6 +64,22 @@ def test_micro_batches_match_one_run_of_the_whole_batch(onnx_dir, features, micr
         OnnxPredictor(onnx_dir / "model.onnx", config, micro_batch=0)
 
 
+def test_micro_batches_side_by_side_give_the_same_logits_as_one_after_another(onnx_dir, features):
+    b = collate(sorted(features, key=len))
+    config = load_predictor(onnx_dir, "onnx")[2]
+    path = onnx_dir / "model.int8.onnx"
+    side = OnnxPredictor(path, config, threads=2, micro_batch=2)
+    serial = OnnxPredictor(path, config, threads=2, micro_batch=2, side_by_side=False)
+    side(collate(features[:2]), None)  # one micro-batch: the session of all threads, no workers started
+    assert side._pool is None
+    for lc in (None, LengthConfig((0.7, 0.4, 0.2))):
+        for got, expected in zip(side(b, lc), serial(b, lc)):
+            assert np.array_equal(got, expected)
+    assert side._pool is not None and side._pool[0].get_session_options().intra_op_num_threads == 1
+    assert serial._pool is None
+    assert not OnnxPredictor(path, config, threads=1, micro_batch=2).side_by_side
+
+
 def test_onnx_only_directory_answers(onnx_dir, tmp_path, capsys, data_dir):
     for name in ("config.json", "model.int8.onnx", "tokenizer.json", "tokenizer_config.json"):
         shutil.copy(onnx_dir / name, tmp_path / name)
