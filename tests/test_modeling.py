@@ -29,6 +29,18 @@ def model():
     return QualaForQuestionAnswering(tiny_config()).eval()
 
 
+def test_fused_attention_without_probabilities_gives_the_same_context(model):
+    ids, mask, types = batch()
+    layer = model.layers[0]
+    with torch.no_grad():
+        x, valid = model.embed(ids, types), mask.bool()
+        probs, context = layer.attend(x, valid)
+        none, fused = layer.attend(x, valid, probs_needed=False)
+    assert none is None and probs.shape == (3, 4, 40, 40)
+    assert torch.allclose(fused[valid], context[valid], atol=1e-5)
+    assert not torch.allclose(fused[valid], layer.attend(x, torch.ones_like(valid))[1][valid], atol=1e-3)
+
+
 def test_full_length_matches_hugging_face_bert(tmp_path, model):
     hf = BertForQuestionAnswering(BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=3,
                                              num_attention_heads=4, intermediate_size=128)).eval()
