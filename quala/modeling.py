@@ -243,15 +243,16 @@ class Layer(nn.Module):
     def attend(self, x: torch.Tensor, valid: torch.Tensor, probs_needed: bool = True
                ) -> tuple[torch.Tensor | None, torch.Tensor]:
         """Self-attention over the real slots: the probabilities (B, heads, K, K) and each slot's context (B, K, H)
-        before the output projection. Eager PyTorch without `probs_needed` (no ranking at this layer) returns None
-        for the probabilities and runs PyTorch's fused attention, which never holds the (K, K) scores (full-length
-        inference on 218-384-token windows 1.6-1.7x faster on a Zen 3; LengthDrop training steps 1.07x)."""
+        before the output projection. In training, without `probs_needed` (no ranking at this layer), it returns
+        None for the probabilities and runs PyTorch's fused attention, which never holds the (K, K) scores
+        (LengthDrop steps 1.07x faster on a Zen 3). Not in inference: the fused kernel's sums depend on how wide the
+        batch is padded, so an answer would change with its batch-mates (1.6-1.7x faster there all the same)."""
         h = self.attn_out.in_features  # a Python int: reshape targets must be constants in the graph
         d = h // self.heads
         q, kk, v = (reshape(p, (0, -1, self.heads, d)).transpose(1, 2) for p in self.project_qkv(x))
-        if not probs_needed and not exporting():
-            p = self.attn_dropout.p if self.training else 0.0
-            out = F.scaled_dot_product_attention(q, kk, v, attn_mask=valid[:, None, None, :], dropout_p=p)
+        if not probs_needed and self.training and not exporting():
+            out = F.scaled_dot_product_attention(q, kk, v, attn_mask=valid[:, None, None, :],
+                                                 dropout_p=self.attn_dropout.p)
             return None, out.transpose(1, 2).reshape(x.shape[0], -1, h)
         scores = q @ kk.transpose(-1, -2) / math.sqrt(d)
         probs = mask_scores(scores, valid).softmax(-1)

@@ -29,16 +29,18 @@ def model():
     return QualaForQuestionAnswering(tiny_config()).eval()
 
 
-def test_fused_attention_without_probabilities_gives_the_same_context(model):
+def test_training_runs_fused_attention_without_probabilities_with_the_same_context():
+    torch.manual_seed(0)
+    layer = QualaForQuestionAnswering(tiny_config(attention_probs_dropout_prob=0.0)).layers[0]
     ids, mask, types = batch()
-    layer = model.layers[0]
+    x, valid = torch.randn(3, 40, 64), mask.bool()
     with torch.no_grad():
-        x, valid = model.embed(ids, types), mask.bool()
-        probs, context = layer.attend(x, valid)
-        none, fused = layer.attend(x, valid, probs_needed=False)
-    assert none is None and probs.shape == (3, 4, 40, 40)
-    assert torch.allclose(fused[valid], context[valid], atol=1e-5)
-    assert not torch.allclose(fused[valid], layer.attend(x, torch.ones_like(valid))[1][valid], atol=1e-3)
+        probs, context = layer.eval().attend(x, valid, probs_needed=False)  # inference: always the explicit path
+        assert probs.shape == (3, 4, 40, 40)
+        none, fused = layer.train().attend(x, valid, probs_needed=False)
+        assert none is None and torch.allclose(fused[valid], context[valid], atol=1e-5)
+        unmasked = layer.attend(x, torch.ones_like(valid), probs_needed=False)[1]
+    assert not torch.allclose(fused[valid], unmasked[valid], atol=1e-3)
 
 
 def test_full_length_matches_hugging_face_bert(tmp_path, model):
