@@ -145,8 +145,10 @@ class OnnxPredictor:
                 (unsigned_weights if kernel == "u8u8" else seven_bit_weights)(model)
                 self.int8_kernel = kernel
                 source = model.SerializeToString()
-            self._source = source
-            self.session = self.open_session(self.threads, profile_prefix)
+            self.session = open_session(source, self.threads, profile_prefix)
+            # what the one-thread session is opened from, at the first batch that needs it (then let go: a graph
+            # rewritten in memory is as large as the file)
+            self._pool_source = source if self.side_by_side else None
         except QualaError:
             raise
         except Exception as e:  # protobuf and onnxruntime raise their own error types for damaged files
@@ -162,22 +164,13 @@ class OnnxPredictor:
         # keeps its largest run's size for good (+370 MB after one 16 x 384 run). None: never (eval's steady runs).
         self.release_above_tokens: int | None = None
 
-    def open_session(self, threads: int, profile_prefix: str | None = None):
-        import onnxruntime as ort
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if profile_prefix:
-            options.enable_profiling = True
-            options.profile_file_prefix = profile_prefix
-        return ort.InferenceSession(self._source, options, providers=["CPUExecutionProvider"],
-                                    disabled_optimizers=list(DISABLED_FUSIONS))
-
     def side_by_side_pool(self) -> tuple[object, ThreadPoolExecutor]:
         """The one-thread session and the `threads` workers that run a batch's micro-batches side by side."""
         with self._pool_lock:
             if self._pool is None:
-                self._pool = (self.open_session(1), ThreadPoolExecutor(self.threads, thread_name_prefix="quala-run"))
+                self._pool = (open_session(self._pool_source, 1),
+                              ThreadPoolExecutor(self.threads, thread_name_prefix="quala-run"))
+                self._pool_source = None
             return self._pool
 
     def check_signature(self) -> None:
@@ -209,6 +202,19 @@ class OnnxPredictor:
         start, end, kept = run_micro_batches(session, feed, self.micro_batch, token_outputs=2,
                                              release_above_tokens=self.release_above_tokens, pool=pool)
         return start, end, kept
+
+
+def open_session(source: str | bytes, threads: int, profile_prefix: str | None = None):
+    """An ONNX Runtime CPU session of `threads` intra-op threads with quala's graph settings, from a file or bytes."""
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=list(DISABLED_FUSIONS))
 
 
 PAD_LOGIT = -1e4
