@@ -11,7 +11,8 @@ It costs a full-length pass, so it is a diagnosis, not a ranking to ship. Varian
 configuration:
 - "learned": the model's scorers (the shipped ranking); "oracle": the oracle at every layer;
 - "oracle@0" / "oracle@1-5": the oracle at those layers (0-based), the learned scorers at the others;
-- "+question-last@L": from layer L on, the question's tokens rank after every context token ([CLS] stays first).
+- "+question-last@L": from layer L on, the question's tokens rank after every context token ([CLS] stays first;
+  ModelConfig.question_last_layer). Without it a variant keeps the model's own setting.
 The oracle's per-token value rides along in the lexical prior, which the model gathers with the slots it keeps, so
 the model needs "lexical" scorers. Held-out TRAIN questions (the search's split, from --offset, never the dev set),
 PyTorch fp32. Output: a markdown table of F1 per configuration and variant.
@@ -38,7 +39,6 @@ from quala.search import heldout_questions
 from quala.tokenizer import load_tokenizer
 
 VARIANTS = "learned;oracle;oracle@0;oracle@1-5;learned+question-last@4;oracle+question-last@4"
-QUESTION_LAST = 1e4  # subtracted from the question's slots: below any context token's score
 
 
 def parse_variant(text: str, layers: int) -> tuple[frozenset[int], int | None]:
@@ -98,8 +98,6 @@ class OraclePredictor:
             score = s.prior[..., -1]
         else:
             score = learned(s._replace(prior=s.prior[..., :-1]), layer)
-        if self.question_last is not None and i >= self.question_last:
-            score = score - QUESTION_LAST * s.queries.to(score.dtype)
         return score
 
     @contextmanager
@@ -108,11 +106,15 @@ class OraclePredictor:
         learned, prior = modeling.RANKINGS["learned"], self.model.lexical_prior
         modeling.RANKINGS["learned"] = lambda s, layer: self.rank(learned, s, layer)
         self.model.lexical_prior = lambda *a, **k: torch.cat([prior(*a, **k), self.values[..., None]], -1)
+        question_last = self.model.config.question_last_layer  # the model's own unless the variant names one
+        if self.question_last is not None:
+            self.model.config.question_last_layer = self.question_last
         try:
             yield
         finally:
             modeling.RANKINGS["learned"] = learned
             del self.model.lexical_prior
+            self.model.config.question_last_layer = question_last
 
     def oracle(self, batch: dict) -> torch.Tensor:
         """(B, N) oracle values of the batch's windows, from the cache or one full-length pass (inside installed():

@@ -36,6 +36,19 @@ def positive_float(text: str) -> float:
     return value
 
 
+def layer_or_none(text: str) -> int | str:
+    """argparse type: a layer number >= 0, or "none"."""
+    if text.lower() == "none":
+        return "none"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a layer number nor 'none'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"layers count from 0, got {value}")
+    return value
+
+
 def fraction(text: str) -> float:
     """argparse type: a number in [0, 1]."""
     try:
@@ -178,7 +191,15 @@ def cmd_train(args) -> None:
 
 def cmd_export(args) -> None:
     from quala.export import export_dir
-    path = export_dir(args.model, args.output, args.layer_skips, args.ranking)
+    given = args.question_last_layer is not None
+    overrides = {"question_last_layer": None if args.question_last_layer == "none" else args.question_last_layer}
+    path = export_dir(args.model, args.output, args.layer_skips, args.ranking, overrides if given else {})
+    if given:  # once the graph is written: the directory's config says it too, so PyTorch ranks as the graph does
+        from quala.files import read_json, write_json_atomic
+        raw = read_json(args.model / "config.json")
+        raw.setdefault("quala", {}).update(overrides)
+        write_json_atomic(args.model / "config.json", raw)
+        print(f"{args.model / 'config.json'}: question_last_layer {overrides['question_last_layer']}")
     print(f"ONNX model (token_counts as an input: one graph for every length config) written to {path}")
 
 
@@ -215,6 +236,10 @@ def add_onnx_parsers(sub) -> None:
                         "the learned scorers of DIR/scorer.safetensors (quala fit-scorer)")
     p.add_argument("--layer-skips", action="store_true",
                    help="let the graph skip a layer (a 0 in a length config); costs 7-14%% more time at full length")
+    p.add_argument("--question-last-layer", type=layer_or_none, default=None, metavar="L",
+                   help="from layer L on (0-based) the question's tokens are dropped before any context token "
+                        "([CLS] stays); 'none' ranks them as the ranking does. Saved in DIR/config.json "
+                        "(quala.question_last_layer) and baked into the graph (default: the config's)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("fit-scorer", help="fit the learned token ranking's scorers (DIR/scorer.safetensors)",

@@ -148,9 +148,13 @@ class ModelConfig:
     max_query_length: int = 64
     length_config: dict | None = None  # default LengthConfig.to_json(), None = full length
     ranking: str = "attention"  # how layers rank the tokens they keep (quala.modeling.RANKINGS); export bakes it in
+    # from this layer on (0-based) the question's tokens rank after every context token when tokens are dropped
+    # ([CLS] stays first); None: where the ranking puts them. Export bakes it in too.
+    question_last_layer: int | None = None
     extra: dict = field(default_factory=dict)  # free-form provenance (how the model was made)
 
-    QUALA_KEYS = ("max_seq_length", "doc_stride", "max_query_length", "length_config", "ranking", "extra")
+    QUALA_KEYS = ("max_seq_length", "doc_stride", "max_query_length", "length_config", "ranking",
+                  "question_last_layer", "extra")
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:

@@ -17,7 +17,7 @@ from torch import nn
 from quala.config import LengthConfig, QualaError
 from quala.files import atomic_write
 from quala.modeling import QualaForQuestionAnswering
-from quala.runtime import INPUTS, LAYER_SKIPS_KEY, RANKING_KEY
+from quala.runtime import INPUTS, LAYER_SKIPS_KEY, QUESTION_LAST_KEY, RANKING_KEY
 
 OUTPUTS = ("start_logits", "end_logits", "kept")
 OPSET = 17
@@ -67,7 +67,8 @@ def export_onnx(model: QualaForQuestionAnswering, output: str | os.PathLike, ran
     """Write the model as ONNX (legacy TorchScript exporter, opset 17) with dynamic batch and sequence axes; the
     token ranking (quala.modeling.RANKINGS) is baked into the graph. layer_skips: the graph also runs length
     configurations with a 0 (a skipped layer), at 7-14% more time at full length; metadata LAYER_SKIPS_KEY says so.
-    ranking None: the model config's; metadata RANKING_KEY names the one baked in."""
+    ranking None: the model config's; metadata RANKING_KEY names the one baked in (and QUESTION_LAST_KEY the config's
+    question_last_layer, where set)."""
     ranking = ranking or model.config.ranking
     if ranking not in EXPORTABLE_RANKINGS:
         raise QualaError(f"ranking {ranking!r}: the graph can rank by {', '.join(EXPORTABLE_RANKINGS)}")
@@ -87,7 +88,9 @@ def export_onnx(model: QualaForQuestionAnswering, output: str | os.PathLike, ran
                               do_constant_folding=True)
         import onnx
         proto = onnx.load(tmp)
-        onnx.helper.set_model_props(proto, {RANKING_KEY: ranking} | ({LAYER_SKIPS_KEY: "1"} if layer_skips else {}))
+        last = model.config.question_last_layer
+        onnx.helper.set_model_props(proto, {RANKING_KEY: ranking} | ({LAYER_SKIPS_KEY: "1"} if layer_skips else {})
+                                    | ({} if last is None else {QUESTION_LAST_KEY: str(last)}))
         onnx.save(proto, tmp)
 
     model.graph_layer_skips = layer_skips
@@ -99,10 +102,11 @@ def export_onnx(model: QualaForQuestionAnswering, output: str | os.PathLike, ran
 
 
 def export_dir(model_dir: str | os.PathLike, output: str | os.PathLike | None = None, layer_skips: bool = False,
-               ranking: str | None = None) -> Path:
-    """Export a model directory's PyTorch weights to DIR/model.onnx (or `output`)."""
+               ranking: str | None = None, overrides: dict | None = None) -> Path:
+    """Export a model directory's PyTorch weights to DIR/model.onnx (or `output`); overrides: ModelConfig values
+    to export with instead of config.json's (e.g. question_last_layer)."""
     model_dir = Path(model_dir)
-    model = QualaForQuestionAnswering.from_pretrained(model_dir)
+    model = QualaForQuestionAnswering.from_pretrained(model_dir, **(overrides or {}))
     target = Path(output) if output else model_dir / "model.onnx"
     if target.suffix != ".onnx":
         raise QualaError(f"--output {target}: give a file name ending in .onnx")

@@ -160,6 +160,8 @@ class OnnxPredictor:
         meta = self.session.get_modelmeta().custom_metadata_map
         self.layer_skips = meta.get(LAYER_SKIPS_KEY) == "1"
         self.ranking = meta.get(RANKING_KEY, "attention")
+        last = meta.get(QUESTION_LAST_KEY)
+        self.question_last_layer = None if last is None else int(last)
         # A run of more tokens than this hands the memory it grew back to the system: onnxruntime's arena otherwise
         # keeps its largest run's size for good (+370 MB after one 16 x 384 run). None: never (eval's steady runs).
         self.release_above_tokens: int | None = None
@@ -220,6 +222,7 @@ def open_session(source: str | bytes, threads: int, profile_prefix: str | None =
 PAD_LOGIT = -1e4
 LAYER_SKIPS_KEY = "quala.layer_skips"  # ONNX metadata: "1" when the graph runs length configs with a 0
 RANKING_KEY = "quala.ranking"  # ONNX metadata: the token ranking baked into the graph (absent before: "attention")
+QUESTION_LAST_KEY = "quala.question_last_layer"  # ONNX metadata: ModelConfig.question_last_layer baked in, where set
 
 
 def run_micro_batches(session, feed: dict[str, np.ndarray], size: int, token_outputs: int,

@@ -197,3 +197,42 @@ def test_runtime_refuses_a_skip_on_a_graph_exported_without_skips(tiny_model_dir
     with pytest.raises(QualaError, match="exported without layer skips: export it again with `quala export "
                                          "--layer-skips`"):
         lean(b, LengthConfig((1.0, 0.0, 0.3)))
+
+
+@pytest.mark.parametrize("layer_skips", [False, True])
+def test_question_last_layer_is_baked_into_the_graph(tiny_model_dir, tmp_path, capsys, layer_skips):
+    """`quala export --question-last-layer L`: the graph ranks the question last from layer L as eager PyTorch does,
+    says so in its metadata and in DIR/config.json; a layer the model does not have changes nothing."""
+    import json
+    import shutil
+    from quala.runtime import load_predictor
+    d = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, d)
+    args = ["export", "--model", str(d)] + (["--layer-skips"] if layer_skips else [])
+    assert main(args + ["--question-last-layer", "1"]) == 0
+    model = QualaForQuestionAnswering.from_pretrained(d)
+    assert model.config.question_last_layer == 1
+    predictor = load_predictor(d, "onnx")[0]
+    assert predictor.question_last_layer == 1
+    ids, mask, types = batch(4, 50, seed=5)
+    b = {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "token_type_ids": types.numpy()}
+    real = mask.bool().numpy()
+    for lc in (LengthConfig((0.8, 0.5, 0.25)), LengthConfig((1.0, 0.3, 0.2))):
+        with torch.no_grad():
+            ref = model(ids, mask, types, lc)
+            model.config.question_last_layer = None
+            other = model(ids, mask, types, lc)
+            model.config.question_last_layer = 1
+        start, _, kept = predictor(b, lc)
+        assert np.abs(start - ref.start_logits.numpy())[real].max() < 1e-4
+        assert np.array_equal(kept, ref.kept.numpy())
+        assert np.abs(start - other.start_logits.numpy())[real].max() > 1e-3  # the question did rank last
+    before = (d / "config.json").read_text()
+    with pytest.raises(SystemExit):
+        main(["export", "--model", str(d), "--question-last-layer", "x"])
+    assert main(["export", "--model", str(d), "--question-last-layer", "3"]) == 2
+    assert "question_last_layer 3: a layer 0..2 or null" in capsys.readouterr().err
+    assert (d / "config.json").read_text() == before
+    assert main(["export", "--model", str(d), "--question-last-layer", "none"]) == 0
+    assert json.loads((d / "config.json").read_text())["quala"]["question_last_layer"] is None
+    assert load_predictor(d, "onnx")[0].question_last_layer is None

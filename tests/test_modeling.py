@@ -163,6 +163,48 @@ def test_a_layer_keeps_cls_and_exactly_the_most_attended_tokens_best_first():
     assert new_valid.sum(1).tolist() == keep and slots.shape[1] == max(keep)
 
 
+def test_question_last_keeps_the_question_only_after_every_context_token():
+    """question_last: the question's tokens (not [CLS]) go after every context token, however attended; within
+    each part the ranking's order stays."""
+    layer = popularity_layer()
+    n, question = 24, 6  # [CLS] then five question tokens, the most attended of all
+    popularity = torch.linspace(0.1, 0.5, n)
+    popularity[1:question] = 1.0 + torch.arange(question - 1) / 10
+    popularity[0] = -1.0
+    x = torch.randn(1, n, 384, generator=torch.Generator().manual_seed(2)) * 0.1
+    x[0, :, 0] = popularity
+    valid = torch.ones(1, n, dtype=torch.bool)
+    queries = (torch.arange(n) < question)[None]
+    context = sorted(range(question, n), key=lambda j: -popularity[j].item())
+    with torch.no_grad():
+        first = layer(x, valid, torch.tensor([8]), "question", queries)[2][0].tolist()
+        last = layer(x, valid, torch.tensor([8]), "attention", queries, question_last=True)[2][0].tolist()
+        everything = layer(x, valid, torch.tensor([n - 2]), "attention", queries, question_last=True)[2][0].tolist()
+    assert first[0] == 0 and set(first[1:6]) == set(range(1, question))  # without it the question wins
+    assert last == [0] + context[:7]
+    assert everything == [0] + context + [5, 4, 3]  # the question's most attended, once the context is in
+
+
+def test_question_last_layer_changes_only_the_layers_from_it_and_is_checked(model, tiny_model_dir):
+    ids, mask, types = batch(3, 40)
+    types[:, 10:] = 1
+    lc = LengthConfig((0.8, 0.5, 0.2))
+    with torch.no_grad():
+        base = model(ids, mask, types, lc, ranking="question")
+        model.config.question_last_layer = 2
+        try:
+            late = model(ids, mask, types, lc, ranking="question")
+            model.config.question_last_layer = 0
+            early = model(ids, mask, types, lc, ranking="question")
+        finally:
+            model.config.question_last_layer = None
+    assert late.kept.tolist() == base.kept.tolist() == early.kept.tolist()
+    assert not torch.equal(late.start_logits, base.start_logits)  # the last layer kept other tokens
+    assert not torch.equal(early.start_logits, late.start_logits)
+    with pytest.raises(QualaError, match="question_last_layer 3: a layer 0..2 or null"):
+        QualaForQuestionAnswering.from_pretrained(tiny_model_dir, question_last_layer=3)
+
+
 def test_attention_ranking_differs_from_position_ranking_and_keeps_position_order_for_position():
     layer = popularity_layer()
     n = 20
