@@ -42,6 +42,14 @@ def test_default_model_is_the_shipped_int8_release():
         assert best.text.rstrip(".") in ("the Atlantic Ocean", "Atlantic Ocean", "Atlantic")
 
 
+def test_the_shipped_graph_ranks_as_its_config_says():
+    """config.json's ranking settings are what PyTorch runs; the INT8 graph has its own baked in: they must agree."""
+    model_dir = default_model_dir()
+    predictor, _, config = load_predictor(model_dir)
+    assert predictor.ranking == config.ranking
+    assert predictor.question_last_layer == config.question_last_layer
+
+
 @pytest.fixture(scope="module")
 def float_model() -> QualaForQuestionAnswering:
     return QualaForQuestionAnswering.from_pretrained(default_model_dir())
