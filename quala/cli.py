@@ -191,10 +191,11 @@ def cmd_train(args) -> None:
 
 def cmd_export(args) -> None:
     from quala.export import export_dir
-    given = args.question_last_layer is not None
-    overrides = {"question_last_layer": None if args.question_last_layer == "none" else args.question_last_layer}
-    path = export_dir(args.model, args.output, args.layer_skips, args.ranking, overrides if given else {})
-    if given:  # once the graph is written: the directory's config says it too, so PyTorch ranks as the graph does
+    overrides = {}
+    if args.question_last_layer is not None:
+        overrides["question_last_layer"] = None if args.question_last_layer == "none" else args.question_last_layer
+    path = export_dir(args.model, args.output, args.layer_skips, args.ranking, overrides)
+    if overrides:  # once the graph is written: the directory's config says it too, so PyTorch ranks as the graph does
         from quala.files import read_json, write_json_atomic
         raw = read_json(args.model / "config.json")
         raw.setdefault("quala", {}).update(overrides)
