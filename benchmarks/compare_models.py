@@ -1,0 +1,142 @@
+"""Is a candidate model better than the shipped one? Paired F1 on the same held-out questions, with its noise.
+
+    python benchmarks/compare_models.py --candidate DIR [--baseline DIR]
+        [--configs "full;1,0.99,0.8,0.54,0.35,0.12"] [--samples "2400:1500,400:2000"] [--runtime torch]
+
+Both models answer every question of each held-out sample (offset:count of the search's split of the training
+articles, never the dev set) at each configuration. The table gives both F1s, the mean per-question difference
+(candidate - baseline) and its standard error (std / sqrt(n)), per sample and pooled, with a verdict: "ahead" or
+"behind" when the pooled difference is beyond two standard errors, else "level". One sample of 1,500 questions
+cannot resolve a few tenths of F1: 560 more LengthDrop steps scored +0.03 to +0.46 on one sample and -0.50 to -0.96 on
+another (docs/benchmarks.md). Sample 400:2000 is the questions `quala search` confirms its front on, 2400:1500 the
+ones after them. Default runtime: PyTorch fp32 (`--runtime onnx-int8` scores the shipped graphs).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from quala.config import LengthConfig, ModelConfig, QualaError, default_model_dir
+from quala.data import Answer, Example, make_features, squad_dataset
+from quala.evaluate import evaluate
+from quala.files import read_json
+from quala.metrics import f1_score
+from quala.runtime import load_predictor
+from quala.search import heldout_questions
+
+
+class Paired(NamedTuple):
+    candidate: float  # mean F1 (percent)
+    baseline: float
+    difference: float  # mean per-question candidate - baseline
+    stderr: float  # of that mean
+    questions: int
+
+
+def question_f1(examples: list[Example], answers: list[Answer]) -> np.ndarray:
+    """Per question, the official v1.1 F1 (best over the gold answers) in percent: their mean is quala eval's F1."""
+    gold = squad_dataset(examples)
+    return np.array([100.0 * max((f1_score(a.text, g) for g in gold[e.id]), default=0.0)
+                     for e, a in zip(examples, answers)])
+
+
+def paired(candidate: np.ndarray, baseline: np.ndarray) -> Paired:
+    """Means of two per-question F1 arrays over the same questions, their mean difference and its standard error."""
+    if candidate.shape != baseline.shape or candidate.size == 0:
+        raise QualaError(f"paired F1: {candidate.size} and {baseline.size} questions; both must score the same ones")
+    diff = candidate - baseline
+    stderr = float(diff.std(ddof=1) / np.sqrt(diff.size)) if diff.size > 1 else float("inf")
+    return Paired(float(candidate.mean()), float(baseline.mean()), float(diff.mean()), stderr, int(diff.size))
+
+
+def verdict(p: Paired) -> str:
+    if p.difference > 2 * p.stderr:
+        return "ahead"
+    if p.difference < -2 * p.stderr:
+        return "behind"
+    return "level"
+
+
+def parse_samples(text: str) -> list[tuple[int, int]]:
+    """'2400:1500,400:2000' -> [(2400, 1500), (400, 2000)]: offset and count in the held-out split."""
+    try:
+        samples = [tuple(int(v) for v in part.split(":")) for part in text.split(",") if part.strip()]
+    except ValueError:
+        samples = []
+    if not samples or any(len(s) != 2 or s[0] < 0 or s[1] < 1 for s in samples):
+        raise QualaError(f"--samples {text!r}: give offset:count pairs separated by commas, e.g. 2400:1500,400:2000")
+    return samples
+
+
+def score(model_dir: Path, runtime: str, examples: list[Example], configs: list[LengthConfig | None],
+          batch_size: int) -> dict[str, np.ndarray]:
+    """Per-question F1 of one model at each configuration (keyed by its text)."""
+    predictor, tokenizer, config = load_predictor(model_dir, runtime)
+    features = make_features(examples, tokenizer, config.max_seq_length, config.doc_stride, config.max_query_length)
+    out = {}
+    for lc in configs:
+        if lc is not None:
+            lc.check(config.num_hidden_layers, config.max_seq_length)
+        result = evaluate(predictor, tokenizer, examples, lc, batch_size, features=features, progress=False)
+        out[str(lc or "full")] = question_f1(examples, result.answers)
+    return out
+
+
+def compare(candidate: Path, baseline: Path, runtime: str, samples: dict[str, list[Example]],
+            configs: list[LengthConfig | None], batch_size: int = 32) -> list[tuple[str, str, Paired]]:
+    """(config, sample name or "pooled", Paired) rows."""
+    rows = []
+    scores = {name: [score(d, runtime, examples, configs, batch_size) for d in (candidate, baseline)]
+              for name, examples in samples.items()}
+    for key in (str(lc or "full") for lc in configs):
+        for name, (a, b) in scores.items():
+            rows.append((key, name, paired(a[key], b[key])))
+        if len(samples) > 1:
+            pooled = [np.concatenate([s[i][key] for s in scores.values()]) for i in (0, 1)]
+            rows.append((key, "pooled", paired(*pooled)))
+    return rows
+
+
+def table(rows: list[tuple[str, str, Paired]]) -> str:
+    """Markdown; the verdict on the pooled rows (on every row when there is one sample)."""
+    lines = ["| length config | questions | candidate F1 | baseline F1 | difference | std. error | verdict |",
+             "| --- | --- | ---: | ---: | ---: | ---: | --- |"]
+    single = not any(name == "pooled" for _, name, _ in rows)
+    for key, name, p in rows:
+        mark = verdict(p) if single or name == "pooled" else ""
+        lines.append(f"| {key} | {name} ({p.questions}) | {p.candidate:.2f} | {p.baseline:.2f} | "
+                     f"{p.difference:+.2f} | {p.stderr:.2f} | {mark} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--candidate", type=Path, required=True, help="model directory to judge")
+    p.add_argument("--baseline", type=Path, default=None, help="model directory to beat (default: the released one)")
+    p.add_argument("--configs", default="full", help="';'-separated length configurations (default full)")
+    p.add_argument("--samples", default="2400:1500,400:2000",
+                   help="held-out samples as offset:count, comma-separated (default 2400:1500,400:2000)")
+    p.add_argument("--runtime", default="torch", help="torch (fp32, default), onnx or onnx-int8")
+    p.add_argument("--batch-size", type=int, default=32)
+    args = p.parse_args(argv)
+    try:
+        baseline = args.baseline or default_model_dir()
+        configs = [LengthConfig.parse(c.strip()) for c in args.configs.split(";") if c.strip()]
+        if not (args.candidate / "config.json").is_file():
+            raise QualaError(f"{args.candidate}: not a model directory (no config.json)")
+        config = ModelConfig.from_dict(read_json(args.candidate / "config.json"))
+        samples = {f"{o}:{n}": heldout_questions(config, o, n)[0] for o, n in parse_samples(args.samples)}
+        print(f"candidate {args.candidate}, baseline {baseline}; {args.runtime}; held-out training questions; F1\n")
+        print(table(compare(args.candidate, baseline, args.runtime, samples, configs, args.batch_size)))
+    except QualaError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
