@@ -20,11 +20,12 @@ from typing import NamedTuple
 
 import numpy as np
 
+from quala.budget import configs_to_score
 from quala.config import LengthConfig, ModelConfig, QualaError, default_model_dir
 from quala.data import Answer, Example, make_features, squad_dataset
 from quala.evaluate import evaluate
 from quala.files import read_json
-from quala.metrics import f1_score
+from quala.metrics import question_scores
 from quala.runtime import load_predictor
 from quala.search import heldout_questions
 
@@ -38,10 +39,9 @@ class Paired(NamedTuple):
 
 
 def question_f1(examples: list[Example], answers: list[Answer]) -> np.ndarray:
-    """Per question, the official v1.1 F1 (best over the gold answers) in percent: their mean is quala eval's F1."""
-    gold = squad_dataset(examples)
-    return np.array([100.0 * max((f1_score(a.text, g) for g in gold[e.id]), default=0.0)
-                     for e, a in zip(examples, answers)])
+    """Per question, the official v1.1 F1 in percent: their mean is quala eval's F1."""
+    scores = question_scores(squad_dataset(examples), {e.id: a.text for e, a in zip(examples, answers)})
+    return np.array([100.0 * scores[e.id][1] for e in examples])
 
 
 def paired(candidate: np.ndarray, baseline: np.ndarray) -> Paired:
@@ -72,17 +72,17 @@ def parse_samples(text: str) -> list[tuple[int, int]]:
     return samples
 
 
-def score(model_dir: Path, runtime: str, examples: list[Example], configs: list[LengthConfig | None],
-          batch_size: int) -> dict[str, np.ndarray]:
-    """Per-question F1 of one model at each configuration (keyed by its text)."""
+def score(model_dir: Path, runtime: str, samples: dict[str, list[Example]], configs: list[LengthConfig | None],
+          batch_size: int) -> dict[str, dict[str, np.ndarray]]:
+    """Per-question F1 of one model (loaded once) on each sample at each configuration: sample -> config text ->."""
     predictor, tokenizer, config = load_predictor(model_dir, runtime)
-    features = make_features(examples, tokenizer, config.max_seq_length, config.doc_stride, config.max_query_length)
     out = {}
-    for lc in configs:
-        if lc is not None:
-            lc.check(config.num_hidden_layers, config.max_seq_length)
-        result = evaluate(predictor, tokenizer, examples, lc, batch_size, features=features, progress=False)
-        out[str(lc or "full")] = question_f1(examples, result.answers)
+    for name, examples in samples.items():
+        features = make_features(examples, tokenizer, config.max_seq_length, config.doc_stride,
+                                 config.max_query_length)
+        out[name] = {str(lc or "full"): question_f1(examples, evaluate(predictor, tokenizer, examples, lc, batch_size,
+                                                                        features=features, progress=False).answers)
+                     for lc in configs}
     return out
 
 
@@ -90,13 +90,12 @@ def compare(candidate: Path, baseline: Path, runtime: str, samples: dict[str, li
             configs: list[LengthConfig | None], batch_size: int = 32) -> list[tuple[str, str, Paired]]:
     """(config, sample name or "pooled", Paired) rows."""
     rows = []
-    scores = {name: [score(d, runtime, examples, configs, batch_size) for d in (candidate, baseline)]
-              for name, examples in samples.items()}
+    ours, theirs = (score(d, runtime, samples, configs, batch_size) for d in (candidate, baseline))
     for key in (str(lc or "full") for lc in configs):
-        for name, (a, b) in scores.items():
-            rows.append((key, name, paired(a[key], b[key])))
+        for name in samples:
+            rows.append((key, name, paired(ours[name][key], theirs[name][key])))
         if len(samples) > 1:
-            pooled = [np.concatenate([s[i][key] for s in scores.values()]) for i in (0, 1)]
+            pooled = [np.concatenate([s[name][key] for name in samples]) for s in (ours, theirs)]
             rows.append((key, "pooled", paired(*pooled)))
     return rows
 
@@ -125,10 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         baseline = args.baseline or default_model_dir()
-        configs = [LengthConfig.parse(c.strip()) for c in args.configs.split(";") if c.strip()]
-        if not (args.candidate / "config.json").is_file():
-            raise QualaError(f"{args.candidate}: not a model directory (no config.json)")
         config = ModelConfig.from_dict(read_json(args.candidate / "config.json"))
+        configs = configs_to_score(args.candidate, args.configs, config)  # checked before minutes of scoring
         samples = {f"{o}:{n}": heldout_questions(config, o, n)[0] for o, n in parse_samples(args.samples)}
         print(f"candidate {args.candidate}, baseline {baseline}; {args.runtime}; held-out training questions; F1\n")
         print(table(compare(args.candidate, baseline, args.runtime, samples, configs, args.batch_size)))

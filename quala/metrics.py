@@ -30,13 +30,22 @@ def exact_match_score(prediction: str, ground_truth: str) -> float:
     return float(normalize_answer(prediction) == normalize_answer(ground_truth))
 
 
-def squad_scores(gold: dict[str, list[str]], predictions: dict[str, str]) -> dict[str, float]:
-    """Mean over every question of `gold` (a missing prediction scores 0), as percentages; extra ids are ignored."""
-    em = f1 = 0.0
+def question_scores(gold: dict[str, list[str]], predictions: dict[str, str]) -> dict[str, tuple[float, float]]:
+    """Per question of `gold`: (EM, F1) against its best-matching answer, each 0 or 1 / in [0, 1]; a missing
+    prediction scores 0."""
+    scores = {}
     for qid, answers in gold.items():
         if qid not in predictions:
+            scores[qid] = (0.0, 0.0)
             continue
-        em += max(exact_match_score(predictions[qid], a) for a in answers)
-        f1 += max(f1_score(predictions[qid], a) for a in answers)
+        scores[qid] = (max(exact_match_score(predictions[qid], a) for a in answers),
+                       max(f1_score(predictions[qid], a) for a in answers))
+    return scores
+
+
+def squad_scores(gold: dict[str, list[str]], predictions: dict[str, str]) -> dict[str, float]:
+    """Mean over every question of `gold` (a missing prediction scores 0), as percentages; extra ids are ignored."""
+    scores = question_scores(gold, predictions).values()
+    em, f1 = sum(s[0] for s in scores), sum(s[1] for s in scores)
     n = len(gold)
     return {"exact_match": 100.0 * em / n if n else 0.0, "f1": 100.0 * f1 / n if n else 0.0}
