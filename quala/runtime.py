@@ -22,8 +22,8 @@ DTYPES = ("fp32", "bf16")
 INPUTS = ("input_ids", "attention_mask", "token_type_ids", "token_counts")  # quala.export's graph inputs
 ONNX_FILES = {"onnx-int8": "model.int8.onnx", "onnx": "model.onnx"}
 # ONNX Runtime's fused SkipLayerNormalization kernel is slower on CPU here than the Add + LayerNormalization it
-# replaces: 10.83 -> 9.43 ms per feature at batch 1 for the full-length INT8 model (and 9.48 -> 8.72 ms for a plain
-# Hugging Face export); see `benchmarks/latency.py`, which times both settings.
+# replaces: 10.83 -> 9.43 ms per feature at batch 1 for the full-length INT8 model on a Zen 5, and 7-23% at batch 1
+# and 32 on a Zen 3 (AVX2 only); `benchmarks/session_settings.py` times both settings on the CPU at hand.
 DISABLED_FUSIONS = ("SkipLayerNormFusion",)
 # Rows per session run. A batch of 32 runs faster as 8 runs of 4 rows, each cut to its own longest row: the
 # activations of 4 rows stay in cache (an ad-hoc sweep, 64 dev features in length-grouped batches of 32, full
@@ -118,11 +118,12 @@ class OnnxPredictor:
 
     def __init__(self, path: str | os.PathLike, config: ModelConfig, threads: int | None = None,
                  micro_batch: int = MICRO_BATCH, profile_prefix: str | None = None, int8_kernel: str | None = None,
-                 side_by_side: bool = True):
+                 side_by_side: bool = True, disabled_fusions: tuple[str, ...] = DISABLED_FUSIONS):
         """profile_prefix: record ONNX Runtime's per-node profile (session.end_profiling() writes it there; the
         micro-batches of a batch then run one after another on that session). int8_kernel: auto (default, or
         $QUALA_INT8_KERNEL), u8s8, u8u8 or u8s7; see choose_int8_kernel. side_by_side False: a batch's
-        micro-batches run one after another on the session of all threads."""
+        micro-batches run one after another on the session of all threads. disabled_fusions: ONNX Runtime graph
+        fusions left out of both sessions (benchmarks/session_settings.py times the alternatives)."""
         import onnx
         self.path = Path(path)
         self.config = config
@@ -135,6 +136,7 @@ class OnnxPredictor:
         self.side_by_side = side_by_side and self.threads > 1 and not profile_prefix
         self._pool: tuple[object, ThreadPoolExecutor] | None = None  # (one-thread session, workers), when first needed
         self._pool_lock = threading.Lock()
+        self.disabled_fusions = tuple(disabled_fusions)
         kernel = choose_int8_kernel(int8_kernel)
         try:
             model = onnx.load(str(self.path))
@@ -145,7 +147,7 @@ class OnnxPredictor:
                 (unsigned_weights if kernel == "u8u8" else seven_bit_weights)(model)
                 self.int8_kernel = kernel
                 source = model.SerializeToString()
-            self.session = open_session(source, self.threads, profile_prefix)
+            self.session = open_session(source, self.threads, profile_prefix, self.disabled_fusions)
             # what the one-thread session is opened from, at the first batch that needs it (then let go: a graph
             # rewritten in memory is as large as the file)
             self._pool_source = source if self.side_by_side else None
@@ -170,7 +172,7 @@ class OnnxPredictor:
         """The one-thread session and the `threads` workers that run a batch's micro-batches side by side."""
         with self._pool_lock:
             if self._pool is None:
-                self._pool = (open_session(self._pool_source, 1),
+                self._pool = (open_session(self._pool_source, 1, disabled_fusions=self.disabled_fusions),
                               ThreadPoolExecutor(self.threads, thread_name_prefix="quala-run"))
                 self._pool_source = None
             return self._pool
@@ -206,7 +208,8 @@ class OnnxPredictor:
         return start, end, kept
 
 
-def open_session(source: str | bytes, threads: int, profile_prefix: str | None = None):
+def open_session(source: str | bytes, threads: int, profile_prefix: str | None = None,
+                 disabled_fusions: tuple[str, ...] = DISABLED_FUSIONS):
     """An ONNX Runtime CPU session of `threads` intra-op threads with quala's graph settings, from a file or bytes."""
     import onnxruntime as ort
     options = ort.SessionOptions()
@@ -216,7 +219,7 @@ def open_session(source: str | bytes, threads: int, profile_prefix: str | None =
         options.enable_profiling = True
         options.profile_file_prefix = profile_prefix
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"],
-                                disabled_optimizers=list(DISABLED_FUSIONS))
+                                disabled_optimizers=list(disabled_fusions))
 
 
 PAD_LOGIT = -1e4

@@ -1,6 +1,8 @@
 """ONNX Runtime engine: quantized models load and answer, configurations switch per call, clear file errors."""
+import json
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -11,7 +13,7 @@ from quala.cli import main
 from quala.config import LengthConfig, QualaError
 from quala.data import collate, make_features
 from quala.quantize import quantize_model
-from quala.runtime import OnnxPredictor, load_predictor, physical_cores
+from quala.runtime import DISABLED_FUSIONS, OnnxPredictor, load_predictor, physical_cores
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +80,24 @@ def test_micro_batches_side_by_side_give_the_same_logits_as_one_after_another(on
     assert side._pool is not None and side._pool[0].get_session_options().intra_op_num_threads == 1
     assert serial._pool is None
     assert not OnnxPredictor(path, config, threads=1, micro_batch=2).side_by_side
+
+
+def test_the_fusion_setting_reaches_both_sessions(onnx_dir, features, tmp_path):
+    b = collate(sorted(features, key=len))
+    config = load_predictor(onnx_dir, "onnx")[2]
+    path = onnx_dir / "model.int8.onnx"
+    for fusions, fused in ((DISABLED_FUSIONS, False), ((), True)):  # quala's setting leaves the fusion out
+        profiled = OnnxPredictor(path, config, threads=2, profile_prefix=str(tmp_path / f"p{fused}"),
+                                 disabled_fusions=fusions)
+        profiled(b, None)
+        events = json.loads(Path(profiled.session.end_profiling()).read_text())
+        assert any(e.get("args", {}).get("op_name") == "SkipLayerNormalization" for e in events) == fused
+    fused_side = OnnxPredictor(path, config, threads=2, micro_batch=2, disabled_fusions=())
+    fused_serial = OnnxPredictor(path, config, threads=2, micro_batch=2, side_by_side=False, disabled_fusions=())
+    unfused_serial = OnnxPredictor(path, config, threads=2, micro_batch=2, side_by_side=False)
+    side, serial, unfused = fused_side(b, None), fused_serial(b, None), unfused_serial(b, None)
+    assert fused_side._pool is not None and np.array_equal(side[0], serial[0])  # the one-thread session fuses too
+    assert not np.array_equal(serial[0], unfused[0])  # the fusion changes the logits' rounding: the check can fail
 
 
 def test_onnx_only_directory_answers(onnx_dir, tmp_path, capsys, data_dir):
