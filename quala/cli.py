@@ -465,7 +465,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
       help="bf16 autocast or fp32; auto (default): bf16 where the hardware computes it (a GPU that supports it, a "
       "CPU with AVX512-BF16 or AMX), else fp32 (emulated bf16 is far slower)")
     a("--seed", type=int, default=42, help="random seed (data order, dropout, sub-model sampling)")
-    a("--checkpoint-minutes", type=positive_float, default=10.0, help="save a resumable checkpoint this often (default 10)")
+    a("--checkpoint-minutes", type=positive_float, default=10.0,
+      help="save a resumable checkpoint this often (default 10); OUT/checkpoint is then a model directory of the "
+           "weights so far")
     a("--eval-limit", type=positive_int, default=None, help="dev questions scored at the end of each stage (default all)")
     a("--resume", action="store_true", help="continue from OUTPUT's checkpoint exactly where it stopped")
 

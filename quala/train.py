@@ -355,6 +355,14 @@ class Trainer:
                  "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                  "sampler": self.sampler.bit_generator.state, "config": asdict(self.cfg), "stage": self.stage}
         atomic_write(self.checkpoint_path, lambda tmp: torch.save(state, tmp))
+        self.save_model(self.out / CHECKPOINT_MODEL, {"checkpoint_of": str(self.out)})
+
+    def save_model(self, path: Path, extra: dict | None = None) -> None:
+        """A model directory of the weights as they stand (config.json records the stage and steps)."""
+        self.model.config.extra = {"trained_by": "quala train", "stage": self.stage, "steps": self.step,
+                                   "train_config": asdict(self.cfg) | {"bf16": self.bf16}} | (extra or {})
+        self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(str(path))
 
     def load_checkpoint(self) -> None:
         try:
@@ -454,10 +462,7 @@ class Trainer:
         self.model.eval()
         if self.refits_scorers():
             self.refit_scorers()
-        self.model.config.extra = {"trained_by": "quala train", "stage": self.stage, "steps": self.step,
-                                   "train_config": asdict(self.cfg) | {"bf16": self.bf16}}  # what ran, not "auto"
-        self.model.save_pretrained(self.out)
-        self.tokenizer.save_pretrained(str(self.out))
+        self.save_model(self.out)
         examples = load_squad(self.cfg.dev_file or squad_path("dev"), limit=self.cfg.eval_limit)
         features = make_features(examples, self.tokenizer, self.cfg.max_seq_length, self.cfg.doc_stride,
                                  self.cfg.max_query_length)
@@ -480,6 +485,11 @@ class Trainer:
         if self.world > 1:
             torch.distributed.barrier()
         return results
+
+
+# Beside checkpoint.pt (what --resume reads), each checkpoint writes the weights as a model directory here, so
+# that a run can be scored, exported or compared (benchmarks/compare_models.py) while it trains.
+CHECKPOINT_MODEL = "checkpoint"
 
 
 def _interrupt(*_) -> None:

@@ -14,8 +14,8 @@ from quala.data import collate
 from quala.modeling import QualaForQuestionAnswering
 from quala.budget import Front, FrontPoint, write_front
 from quala.config import LengthConfig
-from quala.train import (TrainConfig, Trainer, distill_loss, jitter_ratios, native_bf16, sample_ratios,
-                         sample_skipped_layers, scorer_loss, span_loss, to_device, train)
+from quala.train import (CHECKPOINT_MODEL, TrainConfig, Trainer, distill_loss, jitter_ratios, native_bf16,
+                         sample_ratios, sample_skipped_layers, scorer_loss, span_loss, to_device, train)
 
 
 def make_trainer(model_dir, data_dir, tmp_path, stage="finetune", **kw) -> Trainer:
@@ -139,6 +139,21 @@ def test_resume_continues_exactly(tiny_model_dir, data_dir, tmp_path):
     assert resumed.step == 6
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_each_checkpoint_is_also_a_model_directory_of_the_weights_so_far(tiny_model_dir, data_dir, tmp_path):
+    """A run stopped after 3 steps: OUT/checkpoint loads as a model with exactly the trained weights."""
+    first = make_trainer(tiny_model_dir, data_dir, tmp_path, "lengthdrop", max_steps=6, stop_after_steps=3)
+    assert not first.run()
+    saved = QualaForQuestionAnswering.from_pretrained(tmp_path / CHECKPOINT_MODEL)
+    assert saved.config.extra["steps"] == 3 and saved.config.extra["stage"] == "lengthdrop"
+    assert saved.config.extra["checkpoint_of"] == str(tmp_path)
+    trained = first.model.state_dict()
+    for name, value in saved.state_dict().items():
+        assert torch.equal(value, trained[name]), name
+    assert not torch.equal(saved.state_dict()["qa_outputs.weight"],
+                           QualaForQuestionAnswering.from_pretrained(tiny_model_dir).state_dict()["qa_outputs.weight"])
+    assert (tmp_path / CHECKPOINT_MODEL / "tokenizer.json").is_file()
 
 
 def test_resume_with_fewer_max_steps_ends_the_schedule_sooner(tiny_model_dir, data_dir, tmp_path):
