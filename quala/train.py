@@ -76,6 +76,7 @@ class TrainConfig:
     front_share: float = 0.5  # with front_sample: the share of random sub-models drawn from it (the rest: uniform)
     front_jitter: float = 0.1  # each drawn ratio is scaled by U(1 - jitter, 1 + jitter)
     refit_scorers: bool | None = None  # refit the learned ranking's scorers at the end; None: see refits_scorers()
+    attention_dropout: float | None = None  # dropout on the attention probabilities; None: the model config's (0.1)
 
 
 # ---- losses ------------------------------------------------------------------------------------------------------
@@ -172,6 +173,17 @@ def native_bf16(device: torch.device) -> bool:
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
+def set_attention_dropout(model: QualaForQuestionAnswering, p: float) -> None:
+    """Dropout on every layer's attention probabilities, recorded in the config. On a CPU it is the costliest
+    elementwise work of a step: a (batch, heads, tokens, tokens) Bernoulli mask per layer and sub-model, and the
+    masked copy kept for backward (benchmarks/train_throughput.py times a step with and without it)."""
+    if not 0.0 <= p < 1.0:
+        raise QualaError(f"attention dropout {p}: a probability in [0, 1)")
+    model.config.attention_probs_dropout_prob = p
+    for layer in model.layers:
+        layer.attn_dropout.p = p
+
+
 def linear_config(num_layers: int, first: float, last: float) -> LengthConfig:
     step = (first - last) / max(1, num_layers - 1)
     return LengthConfig(tuple(round(first - i * step, 4) for i in range(num_layers)))
@@ -193,6 +205,8 @@ class Trainer:
         if cfg.scorer_loss and (model.config.ranking != "learned" or model.layers[0].scorer is None):
             raise QualaError(f"--scorer-loss {cfg.scorer_loss}: {init_model} does not rank tokens with learned "
                              "scorers (fit them first: quala fit-scorer)")
+        if cfg.attention_dropout is not None:
+            set_attention_dropout(model, cfg.attention_dropout)
         for layer in model.layers:  # fitted, and trained along only with a scorer loss (see refit_scorers)
             if layer.scorer is not None:
                 layer.scorer.requires_grad_(bool(cfg.scorer_loss))

@@ -1,8 +1,10 @@
 """Shared fixtures: real SQuAD slices from ../shared (QUALA_SHARED), tiny random models, the backbone tokenizer."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,17 @@ from quala.modeling import ModelConfig, QualaForQuestionAnswering, load_tokenize
 from quala.quantize import quantize_model
 
 torch.set_num_threads(2)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(relative: str):
+    """A file of benchmarks/ or scripts/ (not a package) imported as a module named after the file."""
+    path = ROOT / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module  # dataclasses and pickling look their module up by name
+    spec.loader.exec_module(module)
+    return module
 
 
 def tiny_config(**overrides) -> ModelConfig:

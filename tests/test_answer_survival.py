@@ -1,7 +1,4 @@
 """benchmarks/answer_survival.py: the positions each layer ran on, composed through the drops; span hits."""
-import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -9,13 +6,9 @@ import torch
 from quala.config import LengthConfig
 from quala.data import collate, make_features
 from quala.modeling import QualaForQuestionAnswering
-from tests.conftest import tiny_config
+from tests.conftest import load_script, tiny_config
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "answer_survival.py"
-spec = importlib.util.spec_from_file_location("answer_survival", SCRIPT)
-answer_survival = importlib.util.module_from_spec(spec)
-sys.modules["answer_survival"] = answer_survival
-spec.loader.exec_module(answer_survival)
+answer_survival = load_script("benchmarks/answer_survival.py")
 
 
 def windows(dev_examples, tokenizer):

@@ -1,8 +1,5 @@
 """benchmarks/compare_models.py: paired per-question F1 of two models, its standard error and the verdict."""
-import importlib.util
 import shutil
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,12 +9,9 @@ from quala.config import LengthConfig, QualaError
 from quala.evaluate import evaluate
 from quala.modeling import QualaForQuestionAnswering
 from quala.runtime import load_predictor
+from tests.conftest import load_script
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "compare_models.py"
-spec = importlib.util.spec_from_file_location("compare_models", SCRIPT)
-compare_models = importlib.util.module_from_spec(spec)
-sys.modules["compare_models"] = compare_models
-spec.loader.exec_module(compare_models)
+compare_models = load_script("benchmarks/compare_models.py")
 
 
 def test_per_question_f1_averages_to_the_official_score(tiny_model_dir, dev_examples):

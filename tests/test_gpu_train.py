@@ -1,17 +1,13 @@
 """scripts/gpu_train.py: the model leaves the GPU machine in fp16 pieces and comes back as a loadable directory."""
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from quala.modeling import QualaForQuestionAnswering
+from tests.conftest import load_script
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_train.py"
-spec = importlib.util.spec_from_file_location("gpu_train", SCRIPT)
-gpu_train = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(gpu_train)
+gpu_train = load_script("scripts/gpu_train.py")
 
 
 def test_pack_then_unpack_gives_the_model_back_in_fp16_precision(tiny_model_dir, tmp_path, monkeypatch):

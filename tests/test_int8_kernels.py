@@ -1,13 +1,9 @@
 """benchmarks/int8_kernels.py: the exactness probe it prints agrees with the runtime's choice of kernel."""
-import importlib.util
-from pathlib import Path
 
 from quala.runtime import u8s8_exact
+from tests.conftest import load_script
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "int8_kernels.py"
-spec = importlib.util.spec_from_file_location("int8_kernels", SCRIPT)
-int8_kernels = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(int8_kernels)
+int8_kernels = load_script("benchmarks/int8_kernels.py")
 
 
 def test_u8u8_is_exact_and_u8s8_exactly_where_the_runtime_says():

@@ -1,5 +1,4 @@
 """benchmarks/int8_vs_float.py: screen every front configuration, score the flagged ones again, flag by the larger."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -10,11 +9,10 @@ from quala.budget import Front, FrontPoint, write_front
 from quala.config import LengthConfig
 from quala.quantize import quantize_model
 from tests.test_tradeoff import sharp_model
+from tests.conftest import load_script
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "int8_vs_float.py"
-spec = importlib.util.spec_from_file_location("int8_vs_float", SCRIPT)
-int8_vs_float = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(int8_vs_float)
+int8_vs_float = load_script("benchmarks/int8_vs_float.py")
+SCRIPT = Path(int8_vs_float.__file__)
 
 
 def row(k: str, gmacs: float, delta: float, confirm: float | None = None) -> dict:

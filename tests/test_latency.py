@@ -1,14 +1,8 @@
 """benchmarks/latency.py end to end on a tiny model: every row timed, ratios and the JSON written."""
-import importlib.util
 import json
-import sys
-from pathlib import Path
+from tests.conftest import load_script
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "latency.py"
-spec = importlib.util.spec_from_file_location("latency", SCRIPT)
-latency = importlib.util.module_from_spec(spec)
-sys.modules["latency"] = latency
-spec.loader.exec_module(latency)
+latency = load_script("benchmarks/latency.py")
 
 
 def test_latency_table_on_a_tiny_model(tiny_model_dir, tmp_path, capsys):

@@ -1,17 +1,11 @@
 """benchmarks/op_profile.py on a tiny exported model: every int8 matmul counted once per profiled run (the warm-up
 left out), every operator of the graph in a named group, kernel time within the wall time."""
-import importlib.util
-import sys
-from pathlib import Path
 
 from quala.config import LengthConfig
 from quala.data import collate, length_grouped_batches, make_features
+from tests.conftest import load_script
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "op_profile.py"
-spec = importlib.util.spec_from_file_location("op_profile", SCRIPT)
-op_profile = importlib.util.module_from_spec(spec)
-sys.modules["op_profile"] = op_profile
-spec.loader.exec_module(op_profile)
+op_profile = load_script("benchmarks/op_profile.py")
 
 
 def test_profile_counts_each_node_once_per_run(onnx_dir, dev_examples, tokenizer, tmp_path):

@@ -1,7 +1,4 @@
 """benchmarks/oracle_ranking.py: the oracle keeps the tokens nearest the full-length answer, per layer as asked."""
-import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,14 +9,10 @@ from quala.data import collate, make_features
 from quala.evaluate import TorchPredictor
 from quala.modeling import RANKINGS, QualaForQuestionAnswering
 from quala.scorer import targets
-from tests.conftest import tiny_config
+from tests.conftest import load_script, tiny_config
 from tests.test_scorer import attach_random
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "oracle_ranking.py"
-spec = importlib.util.spec_from_file_location("oracle_ranking", SCRIPT)
-oracle_ranking = importlib.util.module_from_spec(spec)
-sys.modules["oracle_ranking"] = oracle_ranking
-spec.loader.exec_module(oracle_ranking)
+oracle_ranking = load_script("benchmarks/oracle_ranking.py")
 
 
 def test_variants_parse_and_bad_ones_name_the_problem():

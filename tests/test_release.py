@@ -1,9 +1,7 @@
 """The shipped release model: the default model loads, answers, and its files match their checksums; its float
 weights (rebuilt from the INT8 graph by scripts/dequantize.py) load and agree with that graph."""
 import hashlib
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,11 +14,9 @@ from quala.data import load_squad, make_features
 from quala.evaluate import TorchPredictor, answer_questions, run_features
 from quala.modeling import QualaForQuestionAnswering, hf_names, load_tokenizer
 from quala.runtime import OnnxPredictor, load_predictor
+from tests.conftest import load_script
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "dequantize.py"
-spec = importlib.util.spec_from_file_location("dequantize", SCRIPT)
-dequantize = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(dequantize)
+dequantize = load_script("scripts/dequantize.py")
 
 CONTEXT = ("The Amazon is the largest river in South America. It flows through Peru, Colombia and Brazil "
            "before it reaches the Atlantic Ocean.")

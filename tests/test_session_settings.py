@@ -1,14 +1,8 @@
 """benchmarks/session_settings.py on a tiny exported model: every setting timed at every batch size and length
 configuration, quala's own setting first, and bad options named."""
-import importlib.util
-import sys
-from pathlib import Path
+from tests.conftest import load_script
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "session_settings.py"
-spec = importlib.util.spec_from_file_location("session_settings", SCRIPT)
-session_settings = importlib.util.module_from_spec(spec)
-sys.modules["session_settings"] = session_settings
-spec.loader.exec_module(session_settings)
+session_settings = load_script("benchmarks/session_settings.py")
 
 
 def test_table_has_every_setting_and_counts_paired_wins(onnx_dir, capsys):

@@ -1,7 +1,5 @@
-import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,13 +11,9 @@ from quala.config import LengthConfig, QualaError
 from quala.evaluate import TorchPredictor
 from quala.modeling import QualaForQuestionAnswering
 from quala.report import best_under
-from tests.conftest import tiny_config
+from tests.conftest import load_script, tiny_config
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "tradeoff.py"
-spec = importlib.util.spec_from_file_location("tradeoff", SCRIPT)
-tradeoff = importlib.util.module_from_spec(spec)
-sys.modules["tradeoff"] = tradeoff
-spec.loader.exec_module(tradeoff)
+tradeoff = load_script("benchmarks/tradeoff.py")
 
 
 def sharp_model(seed: int) -> QualaForQuestionAnswering:

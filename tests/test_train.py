@@ -156,6 +156,19 @@ def test_each_checkpoint_is_also_a_model_directory_of_the_weights_so_far(tiny_mo
     assert (tmp_path / CHECKPOINT_MODEL / "tokenizer.json").is_file()
 
 
+def test_attention_dropout_is_set_on_every_layer_and_saved(tiny_model_dir, data_dir, tmp_path):
+    t = make_trainer(tiny_model_dir, data_dir, tmp_path, "lengthdrop", max_steps=2, attention_dropout=0.0,
+                     eval_limit=2)
+    assert [layer.attn_dropout.p for layer in t.model.layers] == [0.0] * len(t.model.layers)
+    t.run()
+    t.finish()
+    assert QualaForQuestionAnswering.from_pretrained(tmp_path).config.attention_probs_dropout_prob == 0.0
+    default = make_trainer(tiny_model_dir, data_dir, tmp_path / "d", "lengthdrop")
+    assert {layer.attn_dropout.p for layer in default.model.layers} == {0.1}
+    with pytest.raises(QualaError, match=r"attention dropout 1.0: a probability in \[0, 1\)"):
+        make_trainer(tiny_model_dir, data_dir, tmp_path / "e", "lengthdrop", attention_dropout=1.0)
+
+
 def test_resume_with_fewer_max_steps_ends_the_schedule_sooner(tiny_model_dir, data_dir, tmp_path):
     """A run that must end sooner: --resume --max-steps N decays the learning rate to zero at step N."""
     first = make_trainer(tiny_model_dir, data_dir, tmp_path, "lengthdrop", max_steps=10, stop_after_steps=3)
