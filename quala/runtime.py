@@ -22,8 +22,8 @@ DTYPES = ("fp32", "bf16")
 INPUTS = ("input_ids", "attention_mask", "token_type_ids", "token_counts")  # quala.export's graph inputs
 ONNX_FILES = {"onnx-int8": "model.int8.onnx", "onnx": "model.onnx"}
 # ONNX Runtime's fused SkipLayerNormalization kernel is slower on CPU here than the Add + LayerNormalization it
-# replaces: 10.83 -> 9.43 ms per feature at batch 1 for the full-length INT8 model on a Zen 5, and 7-23% at batch 1
-# and 32 on a Zen 3 (AVX2 only); `benchmarks/session_settings.py` times both settings on the CPU at hand.
+# replaces: 10.83 -> 9.43 ms per feature at batch 1 for the full-length INT8 model on a Zen 5; on a Zen 3 (AVX2 only)
+# it takes 7-30% longer at batch 1 and 32; `benchmarks/session_settings.py` times both settings on the CPU at hand.
 DISABLED_FUSIONS = ("SkipLayerNormFusion",)
 # Rows per session run. A batch of 32 runs faster as 8 runs of 4 rows, each cut to its own longest row: the
 # activations of 4 rows stay in cache (an ad-hoc sweep, 64 dev features in length-grouped batches of 32, full
