@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from quala.budget import configs_to_score
-from quala.config import LengthConfig, QualaError, default_model_dir
+from quala.config import LengthConfig, default_model_dir, exit_status
 from quala.data import collate, make_features
 from quala.flops import mean_gmacs
 from quala.modeling import QualaForQuestionAnswering
@@ -108,12 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ranking", default=None, help="a ranking of quala.modeling.RANKINGS (default: the model's)")
     p.add_argument("--batch-size", type=int, default=32)
     args = p.parse_args(argv)
-    try:
-        run(args)
-    except QualaError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status(run, args)
 
 
 def run(args) -> None:

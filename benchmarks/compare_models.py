@@ -21,7 +21,7 @@ from typing import NamedTuple
 import numpy as np
 
 from quala.budget import configs_to_score
-from quala.config import LengthConfig, ModelConfig, QualaError, default_model_dir
+from quala.config import LengthConfig, ModelConfig, QualaError, default_model_dir, exit_status
 from quala.data import Answer, Example, make_features, squad_dataset
 from quala.evaluate import evaluate
 from quala.files import read_json
@@ -121,18 +121,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="held-out samples as offset:count, comma-separated (default 2400:1500,400:2000)")
     p.add_argument("--runtime", default="torch", help="torch (fp32, default), onnx or onnx-int8")
     p.add_argument("--batch-size", type=int, default=32)
-    args = p.parse_args(argv)
-    try:
-        baseline = args.baseline or default_model_dir()
-        config = ModelConfig.from_dict(read_json(args.candidate / "config.json"))
-        configs = configs_to_score(args.candidate, args.configs, config)  # checked before minutes of scoring
-        samples = {f"{o}:{n}": heldout_questions(config, o, n)[0] for o, n in parse_samples(args.samples)}
-        print(f"candidate {args.candidate}, baseline {baseline}; {args.runtime}; held-out training questions; F1\n")
-        print(table(compare(args.candidate, baseline, args.runtime, samples, configs, args.batch_size)))
-    except QualaError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status(run, p.parse_args(argv))
+
+
+def run(args) -> None:
+    baseline = args.baseline or default_model_dir()
+    config = ModelConfig.from_dict(read_json(args.candidate / "config.json"))
+    configs = configs_to_score(args.candidate, args.configs, config)  # checked before minutes of scoring
+    samples = {f"{o}:{n}": heldout_questions(config, o, n)[0] for o, n in parse_samples(args.samples)}
+    print(f"candidate {args.candidate}, baseline {baseline}; {args.runtime}; held-out training questions; F1\n")
+    print(table(compare(args.candidate, baseline, args.runtime, samples, configs, args.batch_size)))
 
 
 if __name__ == "__main__":

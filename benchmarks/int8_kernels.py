@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from quala.config import LengthConfig, ModelConfig, QualaError, default_model_dir
+from quala.config import LengthConfig, ModelConfig, QualaError, default_model_dir, exit_status
 from quala.data import make_features
 from quala.evaluate import evaluate, run_features
 from quala.files import read_json
@@ -70,12 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=500, help="held-out training questions scored (default 500)")
     p.add_argument("--offset", type=int, default=0, help="first held-out question (default 0)")
     args = p.parse_args(argv)
-    try:
-        run(args)
-    except QualaError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status(run, args)
 
 
 def run(args) -> None:

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from quala.config import LengthConfig, QualaError, default_model_dir, squad_path
+from quala.config import LengthConfig, QualaError, default_model_dir, exit_status, squad_path
 from quala.data import collate, length_grouped_batches, load_squad, make_features
 from quala.evaluate import TorchPredictor, evaluate
 from quala.files import read_json, write_json_atomic
@@ -372,12 +372,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="also time the original work's protocol: inputs padded to N tokens, token-count configs")
     p.add_argument("--json", type=Path, default=Path("latency.json"), help="results file (default latency.json)")
     args = p.parse_args(argv)
-    try:
-        run(args)
-    except QualaError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status(run, args)
 
 
 def run(args) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from quala.config import LengthConfig, QualaError, default_model_dir, squad_path
+from quala.config import LengthConfig, QualaError, default_model_dir, exit_status, squad_path
 from quala.data import collate, length_grouped_batches, load_squad, make_features
 from quala.files import read_json
 from quala.flops import mean_gmacs
@@ -100,12 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
     p.add_argument("--top", type=int, default=12, help="operator types listed per table (default 12)")
     args = p.parse_args(argv)
-    try:
-        run(args)
-    except QualaError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status(run, args)
 
 
 def run(args) -> None:

@@ -29,7 +29,7 @@ import torch
 
 from quala import modeling
 from quala.budget import configs_to_score
-from quala.config import LengthConfig, QualaError, default_model_dir
+from quala.config import LengthConfig, QualaError, default_model_dir, exit_status
 from quala.data import make_features
 from quala.evaluate import evaluate
 from quala.flops import mean_gmacs
@@ -153,12 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="first held-out question (default 2400: after the search's and the confirmation's)")
     p.add_argument("--batch-size", type=int, default=32)
     args = p.parse_args(argv)
-    try:
-        run(args)
-    except QualaError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status(run, args)
 
 
 def run(args) -> None:

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from quala.budget import configs_to_score
-from quala.config import QualaError, default_model_dir, squad_path
+from quala.config import QualaError, default_model_dir, exit_status, squad_path
 from quala.data import collate, length_grouped_batches, load_squad, make_features
 from quala.files import read_json
 from quala.modeling import ModelConfig, load_tokenizer
@@ -71,12 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                         "balanced and fastest points)")
     p.add_argument("--threads", type=int, default=2, help="intra-op threads of quala's setting (default 2)")
     args = p.parse_args(argv)
-    try:
-        run(args)
-    except QualaError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status(run, args)
 
 
 def run(args) -> None:

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -15,6 +17,17 @@ SCORER_INPUTS = ("states", "question", "lexical")
 
 class QualaError(Exception):
     """An error caused by the user's input (file, option, value): the CLI prints it without a traceback."""
+
+
+def exit_status(run: Callable[..., object], *args) -> int:
+    """A command-line script's exit status after run(*args): 0, or 2 with a QualaError printed as one line
+    `error: ...` on stderr, no traceback (as `quala` does)."""
+    try:
+        run(*args)
+    except QualaError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from quala.config import LengthConfig, QualaError
+from quala.config import LengthConfig, QualaError, exit_status
 
 
 def test_parse_ratios_and_tokens():
@@ -60,3 +60,14 @@ def test_a_zero_skips_a_layer_and_the_running_layers_stay_non_increasing():
     assert lc.token_counts(np.array([100, 3])).tolist() == [[100, 0, 50, 0, 25], [3, 0, 2, 0, 1]]
     assert LengthConfig.parse("tokens:0,300,200").token_counts(np.array([250])).tolist() == [[0, 250, 200]]
     assert LengthConfig.parse("0,1,1").token_counts(np.array([7])).tolist() == [[0, 7, 7]]
+
+
+def test_exit_status_prints_a_user_error_as_one_line_and_lets_bugs_through(capsys):
+    def fails(path):
+        raise QualaError(f"{path}: no such file")
+
+    assert exit_status(lambda: None) == 0
+    assert exit_status(fails, "x.json") == 2
+    assert capsys.readouterr().err == "error: x.json: no such file\n"
+    with pytest.raises(ZeroDivisionError):  # a bug keeps its traceback
+        exit_status(lambda: 1 / 0)
