@@ -1,6 +1,7 @@
 """Reading user files with clear errors, and writing files atomically."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -35,6 +36,15 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Non
 def write_json_atomic(path: str | os.PathLike, obj: object) -> None:
     text = json.dumps(obj, indent=1, ensure_ascii=False) + "\n"
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def sha256(path: str | os.PathLike) -> str:
+    """The hex SHA-256 of a file's bytes, read in 1 MiB blocks (model weights need not fit in memory twice)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def read_text(path: str | os.PathLike) -> str:

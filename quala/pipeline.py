@@ -6,7 +6,6 @@ torch runtime is asked for.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from quala.budget import Front, FrontPoint, front_path, read_front, select
 from quala.config import LengthConfig, ModelConfig, QualaError, default_model_dir
 from quala.data import Answer, Example, make_features, ranked_answers
 from quala.evaluate import EvalResult, evaluate, run_features
-from quala.files import read_json
+from quala.files import read_json, sha256
 from quala.longdoc import PASSAGES
 
 CHECKSUMS = "SHA256SUMS.json"
@@ -198,11 +197,7 @@ def verify_checksums(model_dir: Path) -> None:
         file = model_dir / name
         if not file.is_file():
             raise QualaError(f"{file}: listed in {CHECKSUMS} but missing")
-        h = hashlib.sha256()
-        with open(file, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        if h.hexdigest() != digest:
+        if sha256(file) != digest:
             raise QualaError(f"{file}: checksum mismatch with {CHECKSUMS} (the file is damaged or was changed); "
                              f"pass verify=False (CLI: --no-verify) for a model under development")
 

@@ -20,7 +20,6 @@ micro-batch: with --batch-size 1 (or a batch-invariant graph) each row's answer 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import multiprocessing as mp
@@ -31,7 +30,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from quala.config import LengthConfig, QualaError
-from quala.files import read_json, write_json_atomic
+from quala.files import read_json, sha256, write_json_atomic
 from quala.rowfiles import REQUIRED, Part, Row, count_rows, file_format, list_inputs, plan_parts, read_part, \
     read_rows, write_rows
 
@@ -301,14 +300,6 @@ def model_fingerprint(qa) -> dict:
     names = ("config.json", "tokenizer.json", "vocab.txt", "length_configs.json")
     files = [d / n for n in names if (d / n).is_file()] + [weights]
     return {"dir": str(d.resolve()), "sha256": {f.name: sha256(f) for f in files}}
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def start_output(output: Path, new: dict) -> None:

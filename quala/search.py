@@ -13,7 +13,6 @@ generation, so an interrupted search resumes where it stopped.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from quala.budget import Front, FrontPoint, front_path, name_points, read_front,
 from quala.config import LengthConfig, ModelConfig, QualaError, squad_path
 from quala.data import Example, Feature, collate, load_squad, make_features, split_articles
 from quala.evaluate import Predictor, TorchPredictor, evaluate
-from quala.files import read_json, write_json_atomic
+from quala.files import read_json, sha256, write_json_atomic
 
 CACHE_FILE = "search_cache.json"
 STATE_FILE = "search_state.json"
@@ -276,11 +275,7 @@ def weights_digest(model_dir: Path, predictor: Predictor) -> str:
     path = Path(getattr(predictor, "path", None) or model_dir / "model.safetensors")
     if not path.is_file():
         raise QualaError(f"{path}: no such file (the model's weights)")
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return f"{path.name}:{h.hexdigest()[:16]}"
+    return f"{path.name}:{sha256(path)[:16]}"
 
 
 def search_split(model_config: ModelConfig, s: SearchSettings, confirm: bool = False
