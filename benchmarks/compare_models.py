@@ -22,10 +22,9 @@ import numpy as np
 
 from quala.budget import configs_to_score
 from quala.config import LengthConfig, ModelConfig, QualaError, default_model_dir, exit_status
-from quala.data import Answer, Example, make_features, squad_dataset
-from quala.evaluate import evaluate
+from quala.data import Example, make_features
+from quala.evaluate import evaluate, question_f1
 from quala.files import read_json
-from quala.metrics import question_scores
 from quala.runtime import load_predictor
 from quala.search import heldout_questions
 
@@ -36,12 +35,6 @@ class Paired(NamedTuple):
     difference: float  # mean per-question candidate - baseline
     stderr: float  # of that mean
     questions: int
-
-
-def question_f1(examples: list[Example], answers: list[Answer]) -> np.ndarray:
-    """Per question, the official v1.1 F1 in percent: their mean is quala eval's F1."""
-    scores = question_scores(squad_dataset(examples), {e.id: a.text for e, a in zip(examples, answers)})
-    return np.array([100.0 * scores[e.id][1] for e in examples])
 
 
 def paired(candidate: np.ndarray, baseline: np.ndarray) -> Paired:

@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 from quala.config import LengthConfig
 from quala.data import Answer, Example, Feature, collate, length_grouped_batches, make_features, postprocess, \
     ranked_answers, squad_dataset
-from quala.metrics import squad_scores
+from quala.metrics import question_scores, squad_scores
 
 
 class Predictor(Protocol):
@@ -85,6 +85,13 @@ def evaluate(predictor: Predictor, tokenizer, examples: list[Example], length_co
     scores = squad_scores(squad_dataset(examples), {e.id: a.text for e, a in zip(examples, answers)})
     return EvalResult(scores["exact_match"], scores["f1"], len(examples), len(features),
                       kept.mean(0).tolist(), float(np.mean([len(f) for f in features])), answers)
+
+
+def question_f1(examples: list[Example], answers: list[Answer]) -> np.ndarray:
+    """Per question, the official v1.1 F1 in percent: their mean is `evaluate`'s F1 (paired comparisons and
+    per-question choices read it)."""
+    scores = question_scores(squad_dataset(examples), {e.id: a.text for e, a in zip(examples, answers)})
+    return np.array([100.0 * scores[e.id][1] for e in examples])
 
 
 def answer_questions(predictor: Predictor, tokenizer, pairs: list[tuple[str, str]],
