@@ -15,12 +15,24 @@ from quala.longdoc import PASSAGES, WHOLE_TOKENS
 TRAIN_EXTRA = ("torch", "transformers", "safetensors", "matplotlib")  # top-level modules of `quala[train]`
 
 
-def positive_int(text: str) -> int:
-    """argparse type: a whole number >= 1 (a clear message instead of a traceback later)."""
+def whole_number(text: str) -> int:
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+
+
+def port_number(text: str) -> int:
+    """argparse type: a TCP port, 0 (any free port) to 65535."""
+    value = whole_number(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port from 0 to 65535, got {value}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (a clear message instead of a traceback later)."""
+    value = whole_number(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
@@ -157,6 +169,10 @@ def cmd_answer(args) -> None:
     for q in questions:
         if not q:
             raise QualaError("a --question is empty")
+    from quala.data import unencodable
+    for name, text in [("the context", context)] + [(f"--question {q!a}", q) for q in questions]:
+        if problem := unencodable(text):
+            raise QualaError(f"{name} {problem}")
     qa, lc, chosen = load_answerer(args)
     if chosen:
         print(f"budget {chosen}", file=sys.stderr)
@@ -334,8 +350,9 @@ def cmd_report(args) -> None:
     released = released_files(model_dir)
     if args.time:
         if front_path(model_dir).name in released:
-            raise QualaError(f"{model_dir} is a released model (its files are checksummed): copy the folder and "
-                             f"time the copy, e.g. cp -r {model_dir} runs/model && quala report --model runs/model --time")
+            raise QualaError(f"{model_dir} is a released model (its files are checksummed): time a copy without its "
+                             f"checksums, e.g. cp -r {model_dir} runs/model && rm runs/model/SHA256SUMS.json && "
+                             f"quala report --model runs/model --time")
         from quala.runtime import load_predictor as load
         from quala.search import retime_front
         predictor, tokenizer, _ = load(model_dir, args.runtime, threads=args.threads)
@@ -479,6 +496,7 @@ def cmd_predict(args) -> None:
     from quala.predict import ModelSpec, Options, predict
     given = {"top_k": args.top_k, "part_rows": args.part_rows, "max_chars": args.max_chars}
     options = Options(args.budget, args.length_config, batch_size=args.batch_size, limit=args.limit,
+                      passages=None if args.read_all else args.passages,
                       **{k: v for k, v in given.items() if v is not None})
     spec = ModelSpec(str(args.model) if args.model else None, args.runtime, args.threads,
                      not getattr(args, "no_verify", False), args.dtype)
@@ -506,7 +524,7 @@ def add_predict_parser(sub) -> None:
     p.add_argument("--workers", type=int, default=None,
                    help="worker processes, each with its own session (default: one per physical core; with --ray "
                         "the cluster's CPUs / --threads)")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="ONNX Runtime threads per worker (default: physical cores / workers; 1 with --ray)")
     p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="run on Ray (pip install \"quala[ray]\"): the cluster at ADDRESS, or a local instance")
@@ -514,6 +532,7 @@ def add_predict_parser(sub) -> None:
     p.add_argument("--max-chars", type=int, default=None,
                    help="reject questions or contexts longer than this (default 100000 characters)")
     p.add_argument("--limit", type=int, default=None, help="answer only the first N rows")
+    add_passage_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)
 
@@ -523,7 +542,7 @@ def cmd_serve(args) -> None:
     limits = Limits(max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_windows=args.max_windows,
                     request_timeout_s=args.request_timeout, max_connections=args.max_connections)
     serve(args.model or default_model_dir(), args.host, args.port, args.runtime, args.max_batch, args.max_wait_ms,
-          limits, None if args.read_all else args.passages)
+          limits, None if args.read_all else args.passages, threads=args.threads, verify=not args.no_verify)
 
 
 def add_passage_args(p) -> None:
@@ -576,12 +595,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runtime", choices=["auto", "torch", "onnx", "onnx-int8"], default="auto",
                    help="inference engine (default auto: INT8 ONNX when the directory holds it)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--port", type=port_number, default=8000, help="port (default 8000)")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="ONNX Runtime intra-op threads (default: physical cores)")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip checking the model's files against its SHA256SUMS.json (models under development)")
     p.add_argument("--max-batch", type=positive_int, default=16,
                    help="most windows in one forward pass when the runtime's answers do not depend on batch-mates "
                         "(default 16)")
     p.add_argument("--max-wait-ms", type=float, default=5.0,
-                   help="how long a request waits for others to batch with (default 5 ms)")
+                   help="how long a request waits for others to batch with, when the runtime's answers do not depend "
+                        "on batch-mates (default 5 ms)")
     p.add_argument("--max-body-mb", type=positive_float, default=4.0,
                    help="largest request body accepted, counted as it arrives (default 4 MB)")
     p.add_argument("--max-windows", type=positive_int, default=64,

@@ -179,15 +179,29 @@ class Answer:
     logit: float = 0.0  # start + end logit of the span: comparable across windows and contexts
 
 
+N_BEST = 20  # distinct candidate spans per example: an answer's score is its softmax over them
+
+
+def unencodable(text: str) -> str:
+    """'' when the text can be written as UTF-8, else why not: an unpaired surrogate, which is what Python makes
+    of bytes that are not UTF-8 (command-line arguments, files read with surrogateescape) and what JSON's \\ud800
+    escapes decode to. The tokenizer would fail on it deep inside."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"is not valid UTF-8 text (an unpaired surrogate {text[e.start]!r} at character {e.start})"
+    return ""
+
+
 def postprocess(examples: list[Example], features: list[Feature], start_logits: list[np.ndarray],
-                end_logits: list[np.ndarray], n_best: int = 20, max_answer_length: int = 30) -> list[Answer]:
+                end_logits: list[np.ndarray], n_best: int = N_BEST, max_answer_length: int = 30) -> list[Answer]:
     """The best span of each example across all its windows; the score is its softmax over the n-best spans."""
     return [ranked[0] for ranked in ranked_answers(examples, features, start_logits, end_logits, n_best,
                                                    max_answer_length)]
 
 
 def ranked_answers(examples: list[Example], features: list[Feature], start_logits: list[np.ndarray],
-                   end_logits: list[np.ndarray], n_best: int = 20, max_answer_length: int = 30
+                   end_logits: list[np.ndarray], n_best: int = N_BEST, max_answer_length: int = 30
                    ) -> list[list[Answer]]:
     """Up to n_best distinct spans per example, best first, across all its windows (an empty answer when no
     valid span exists). Scores are the softmax of start+end logits over those spans."""

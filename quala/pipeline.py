@@ -13,7 +13,7 @@ import numpy as np
 
 from quala.budget import Front, FrontPoint, front_path, read_front, select
 from quala.config import LengthConfig, ModelConfig, QualaError, default_model_dir
-from quala.data import Answer, Example, make_features, ranked_answers
+from quala.data import N_BEST, Answer, Example, make_features, ranked_answers, unencodable
 from quala.evaluate import EvalResult, evaluate, run_features
 from quala.files import read_json, sha256
 from quala.longdoc import PASSAGES
@@ -108,7 +108,8 @@ class QuestionAnswerer:
         lc, _ = self.resolve(budget, length_config)
         questions, contexts = as_texts(question, "question"), as_texts(context, "context")
         if isinstance(question, str) and not isinstance(context, str):  # one question, several contexts
-            ranked = self.answer_pairs([(question, c) for c in contexts], lc, top_k, batch_size, passages=passages)
+            # every context's candidates, so that a score does not depend on top_k
+            ranked = self.answer_pairs([(question, c) for c in contexts], lc, N_BEST, batch_size, passages=passages)
             return shape(merge_contexts(ranked, top_k), top_k)
         if isinstance(context, str):
             contexts = contexts * len(questions)
@@ -147,9 +148,11 @@ def as_texts(value: str | list[str], name: str) -> list[str]:
     if not isinstance(values, (list, tuple)) or not values:
         raise QualaError(f"{name} must be a string or a non-empty list of strings, got {type(value).__name__}")
     for i, v in enumerate(values):
+        where = name if isinstance(value, str) else f"{name}[{i}]"
         if not isinstance(v, str) or not v.strip():
-            where = name if isinstance(value, str) else f"{name}[{i}]"
             raise QualaError(f"{where} is empty or not a string")
+        if problem := unencodable(v):
+            raise QualaError(f"{where} {problem}")
     return list(values)
 
 
@@ -164,15 +167,15 @@ def shape(answers: list[dict], top_k: int):
 def merged(ranked: list[list[Answer]], top_k: int) -> list[tuple[int, Answer]]:
     """The best answers of one question across several texts, with the index of the text each comes from. Each
     text's scores are a softmax over its own candidates; across texts the span logits (start + end) are
-    comparable, so candidates are ranked by logit and their scores renormalised over the merged list."""
+    comparable, so candidates are ranked by logit and their scores are a softmax over every candidate of every
+    text (as within one text: over its candidates, not only the top_k returned)."""
     rows = [(a.logit, i, a) for i, answers in enumerate(ranked) for a in answers if a.text]
     if not rows:
         return [(0, Answer("", 0.0, 0, 0))]
     rows.sort(key=lambda r: -r[0])
-    rows = rows[:top_k]
     probs = np.exp(np.array([r[0] for r in rows]) - rows[0][0])
     probs /= probs.sum()
-    return [(i, Answer(a.text, float(p), a.start, a.end, a.logit)) for (_, i, a), p in zip(rows, probs)]
+    return [(i, Answer(a.text, float(p), a.start, a.end, a.logit)) for (_, i, a), p in zip(rows[:top_k], probs)]
 
 
 def merge_answers(ranked: list[list[Answer]], top_k: int) -> list[Answer]:
@@ -210,6 +213,8 @@ def load(model: str | os.PathLike | None = None, runtime: str = "auto", threads:
     threads: ONNX Runtime intra-op threads (default: physical cores); verify: check SHA256SUMS.json when present.
     """
     from quala.runtime import load_predictor
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise QualaError(f"threads must be a whole number >= 1 (or None: every physical core), got {threads!r}")
     model_dir = Path(model) if model is not None else default_model_dir()
     if not model_dir.is_dir():
         raise QualaError(f"{model_dir}: not a model directory (no such folder)")

@@ -30,7 +30,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from quala.config import LengthConfig, QualaError
+from quala.data import unencodable
 from quala.files import read_json, sha256, write_json_atomic
+from quala.longdoc import PASSAGES
 from quala.rowfiles import REQUIRED, Part, Row, count_rows, file_format, list_inputs, plan_parts, read_part, \
     read_rows, write_rows
 
@@ -51,6 +53,7 @@ class Options:
     part_rows: int = PART_ROWS
     limit: int | None = None
     output_format: str = "jsonl"
+    passages: int | None = PASSAGES  # a long context is read in its best passages; None: every window
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,7 @@ def run_part(qa, part: Part, options: Options, output: Path) -> PartResult:
     resolved: dict[str | None, tuple[LengthConfig | None, str]] = {}
     groups: dict[LengthConfig | None, list[int]] = {}
     for i, (r, _) in enumerate(good):
-        budget = r.values.get("budget")
+        budget = row_budget(r.values)
         if budget not in resolved:
             resolved[budget] = resolve(qa, budget, options)
         lc, reason = resolved[budget]
@@ -116,7 +119,8 @@ def run_part(qa, part: Part, options: Options, output: Path) -> PartResult:
     records: dict[int, dict] = {}
     for lc, idx in groups.items():
         pairs = [(good[i][0].values["question"].strip(), good[i][0].values["context"]) for i in idx]
-        for i, ranked in zip(idx, qa.answer_pairs(pairs, lc, options.top_k, options.batch_size)):
+        for i, ranked in zip(idx, qa.answer_pairs(pairs, lc, options.top_k, options.batch_size,
+                                                  passages=options.passages)):
             records[i] = answer_record(good[i][0], ranked, lc, options)
     rejects.sort(key=lambda x: x[0].row)
     if rejects:
@@ -136,18 +140,28 @@ def check_row(values: dict, max_chars: int) -> str:
         return f"field 'id' must be a string or an integer, got {type(rid).__name__}"
     if rid == "":
         return "field 'id' is empty"
+    if isinstance(rid, str) and (problem := unencodable(rid)):
+        return f"field 'id' {problem}"
     for name in ("question", "context"):
         text = values[name]
         if not isinstance(text, str):
             return f"field {name!r} must be a string, got {type(text).__name__}"
         if not text.strip():
             return f"field {name!r} is empty"
+        if problem := unencodable(text):
+            return f"field {name!r} {problem}"
         if len(text) > max_chars:
             return f"field {name!r} has {len(text)} characters, over the cap of {max_chars} (--max-chars)"
     budget = values.get("budget")
     if budget is not None and not isinstance(budget, str):
         return f"field 'budget' must be a string like 'balanced', '3x' or '20ms', got {type(budget).__name__}"
     return ""
+
+
+def row_budget(values: dict) -> str | None:
+    """A row's own budget; None where it has none, or a blank one (as the server reads a blank budget)."""
+    budget = values.get("budget")
+    return budget if isinstance(budget, str) and budget.strip() else None
 
 
 def resolve(qa, budget: str | None, options: Options) -> tuple[LengthConfig | None, str]:
@@ -166,7 +180,7 @@ def answer_record(row: Row, ranked: list, lc: LengthConfig | None, options: Opti
     best = ranked[0]
     rec = {"id": str(row.values["id"]), "answer": best.text, "score": best.score, "start": best.start,
            "end": best.end, "length_config": str(lc) if lc else "full",
-           "budget": row.values.get("budget") or options.budget}
+           "budget": row_budget(row.values) or options.budget}
     if options.top_k > 1:
         rec["answers"] = [{"answer": a.text, "score": a.score, "start": a.start, "end": a.end} for a in ranked]
     return rec
@@ -174,7 +188,9 @@ def answer_record(row: Row, ranked: list, lc: LengthConfig | None, options: Opti
 
 def reject_record(row: Row, reason: str) -> dict:
     rid = row.values.get("id") if row.values else None
-    return {"file": row.file, "row": row.row, "id": None if rid is None else str(rid), "reason": reason}
+    if rid is not None:  # an id that is not UTF-8 text is written with its surrogates as \udcff escapes
+        rid = str(rid).encode("utf-8", "backslashreplace").decode("utf-8")
+    return {"file": row.file, "row": row.row, "id": rid, "reason": reason}
 
 
 def output_schema(top_k: int):

@@ -32,7 +32,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from quala.budget import MAX_BUDGET_CHARS, Front, FrontPoint, select
 from quala.config import LengthConfig, QualaError
-from quala.data import Answer, collate, make_features, ranked_answers
+from quala.data import Answer, collate, make_features, ranked_answers, unencodable
 from quala.longdoc import PASSAGES
 from quala.pipeline import answers_of_reads, context_reads, read_examples
 
@@ -91,10 +91,8 @@ class AnswerRequest(BaseModel):
     def text(cls, v: str) -> str:
         if not v.strip():
             raise ValueError("must not be empty")
-        try:
-            v.encode("utf-8")
-        except UnicodeEncodeError as e:
-            raise ValueError(f"contains an unpaired surrogate ({v[e.start]!r} at {e.start})") from None
+        if problem := unencodable(v):
+            raise ValueError(problem)
         return v
 
     @field_validator("budget")
@@ -681,19 +679,20 @@ def server_config(app: FastAPI, host: str, port: int, limits: Limits, log_level:
 
 
 def load_engine(model_dir: str | Path | None = None, runtime: str = "auto", max_batch: int = 16,
-                max_wait_ms: float = 5.0, limits: Limits = Limits(), passages: int | None = PASSAGES) -> Engine:
+                max_wait_ms: float = 5.0, limits: Limits = Limits(), passages: int | None = PASSAGES,
+                threads: int | None = None, verify: bool = True) -> Engine:
     import quala
-    qa = quala.load(model_dir, runtime)
+    qa = quala.load(model_dir, runtime, threads=threads, verify=verify)
     return Engine(qa.predictor, qa.tokenizer, qa.config, qa.front, max_batch, max_wait_ms, limits, passages)
 
 
 def serve(model_dir: str | Path | None = None, host: str = "127.0.0.1", port: int = 8000, runtime: str = "auto",
           max_batch: int = 16, max_wait_ms: float = 5.0, limits: Limits = Limits(),
-          passages: int | None = PASSAGES) -> None:
+          passages: int | None = PASSAGES, threads: int | None = None, verify: bool = True) -> None:
     import uvicorn
     connections = open_files_limit(limits.max_connections)
     if connections < limits.max_connections:
         log.warning("at most %d connections: the open-file limit allows no more", connections)
         limits = Limits(**dict(asdict(limits), max_connections=connections))
-    app = create_app(load_engine(model_dir, runtime, max_batch, max_wait_ms, limits, passages))
+    app = create_app(load_engine(model_dir, runtime, max_batch, max_wait_ms, limits, passages, threads, verify))
     uvicorn.Server(server_config(app, host, port, limits)).run()

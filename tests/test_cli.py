@@ -44,6 +44,9 @@ def test_answer_reads_context_from_file_and_stdin(tiny_model_dir, tmp_path, caps
     (["answer", "-q", "", "-c", "text"], "--question is empty"),
     (["answer", "-q", "Why?", "-c", "   "], "the context is empty"),
     (["answer", "-q", "Why?", "-c", "x", "--model", "/nonexistent"], "not a model directory"),
+    # bytes that are not UTF-8 in an argument reach Python as unpaired surrogates
+    (["answer", "-q", "Who\udcff?", "-c", "text"], "--question 'Who\\udcff?' is not valid UTF-8 text"),
+    (["answer", "-q", "Why?", "-c", "caf\udce9"], "the context is not valid UTF-8 text"),
 ])
 def test_bad_input_gives_a_clear_error(argv, message, tiny_model_dir, capsys):
     if "--model" not in argv:
@@ -62,6 +65,10 @@ def test_bad_input_gives_a_clear_error(argv, message, tiny_model_dir, capsys):
     (["answer", "-q", "Why?", "-c", "x", "--top-k", "0"], "--top-k: must be at least 1"),
     (["search", "--population", "0"], "--population: must be at least 1"),
     (["train", "--output", "x", "--lr", "-1"], "--lr: must be a positive number"),
+    (["serve", "--port", "70000"], "--port: must be a port from 0 to 65535, got 70000"),
+    (["serve", "--threads", "0"], "--threads: must be at least 1"),
+    (["predict", "--input", "a.jsonl", "--output", "b", "--threads", "-2"], "--threads: must be at least 1"),
+    (["predict", "--input", "a.jsonl", "--output", "b", "--passages", "0"], "--passages: must be at least 1"),
 ])
 def test_numeric_options_and_outputs_are_checked_before_any_work(argv, message, capsys):
     with pytest.raises(SystemExit) as exit:

@@ -34,6 +34,17 @@ def test_one_question_several_contexts_returns_the_best_across_them(qa):
     assert contexts[1][a["start"]:a["end"]] == a["answer"]
 
 
+def test_a_score_does_not_depend_on_how_many_answers_are_asked_for(qa, data_dir):
+    """Across contexts and across a long context's passages, scores are a softmax over every candidate, as within
+    one context: the best answer's score is the same at top_k 1, 2 and 5."""
+    unsure = ["Paris is the capital of France.", "The Nile flows through Egypt."]
+    context, question, _ = long_document(data_dir)
+    for call in (lambda k: qa("What is the boiling point of mercury?", unsure, top_k=k),
+                 lambda k: qa(question, context, passages=3, top_k=k)):
+        best = [call(1)["score"]] + [call(k)[0]["score"] for k in (2, 5)]
+        assert best == pytest.approx([best[0]] * 3) and best[0] < 1.0
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"top_k": 0}, "top_k must be a whole number >= 1"),
     ({"batch_size": -1}, "batch_size must be a whole number >= 1"),
@@ -52,6 +63,9 @@ def test_bad_texts_name_the_problem(qa):
         qa("Who?", [CONTEXT, "  "])
     with pytest.raises(QualaError, match="2 questions and 3 contexts"):
         qa(["a?", "b?"], [CONTEXT, CONTEXT, CONTEXT])
+    not_utf8 = b"Who wrote \xff?".decode("utf-8", "surrogateescape")  # what Python makes of such bytes
+    with pytest.raises(QualaError, match=r"question\[1\] is not valid UTF-8 text \(an unpaired surrogate"):
+        qa(["Who?", not_utf8], CONTEXT)
 
 
 def test_float_and_onnx_only_directories_load(tiny_model_dir, onnx_dir, tmp_path):

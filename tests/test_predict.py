@@ -86,6 +86,8 @@ def test_rerun_with_other_options_or_input_is_refused(dev_rows, tmp_path, capsys
     assert main(argv + ["--budget", "fastest"]) == 2
     err = capsys.readouterr().err
     assert "budget 'balanced' then, 'fastest' now" in err and "choose another --output" in err
+    assert main(argv + ["--budget", "balanced", "--read-all"]) == 2  # long contexts would be read otherwise
+    assert "passages 5 then, None now" in capsys.readouterr().err
     write_jsonl(tmp_path / "in.jsonl", dev_rows[:6])
     assert main(argv + ["--budget", "balanced"]) == 2
     assert "the input files differ" in capsys.readouterr().err
@@ -103,12 +105,15 @@ def test_bad_rows_go_to_rejects_with_the_reason_and_the_run_goes_on(dev_rows, tm
              '["not", "an", "object"]',
              "",
              json.dumps(dict(good[1], budget="fastest")),
-             json.dumps(dict(good[2], id=7))]
+             json.dumps(dict(good[2], id=7)),
+             json.dumps(dict(good[1], id="lone-surrogate", question="Who \ud800 wrote it?")),  # JSON's \ud800
+             json.dumps(dict(good[2], id="blank-budget", budget=" ")),  # as if absent, as the server reads it
+             json.dumps(dict(good[2], id="id-\udcff"))]
     (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     s = run(tmp_path / "in.jsonl", tmp_path / "out", part_rows=4, max_chars=2000, budget="balanced")
-    assert (s.rows, s.answered, s.rejected) == (11, 3, 8)
+    assert (s.rows, s.answered, s.rejected) == (14, 4, 10)
     rejects = read_rejects(tmp_path / "out")
-    assert [r["row"] for r in rejects] == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert [r["row"] for r in rejects] == [1, 2, 3, 4, 5, 6, 7, 8, 11, 13]
     reasons = [r["reason"] for r in rejects]
     assert reasons[0] == "missing field 'question'" and rejects[0]["id"] == "q-missing"
     assert reasons[1] == "field 'context' is empty"
@@ -117,9 +122,11 @@ def test_bad_rows_go_to_rejects_with_the_reason_and_the_run_goes_on(dev_rows, tm
     assert reasons[4].startswith("field 'budget' must be a string")
     assert reasons[5].startswith("line 7: malformed JSON") and reasons[6] == "line 8: expected a JSON object, got list"
     assert reasons[7] == "line 9: empty line" and rejects[0]["file"] == str(tmp_path / "in.jsonl")
+    assert reasons[8] == "field 'question' is not valid UTF-8 text (an unpaired surrogate '\\ud800' at character 4)"
+    assert reasons[9].startswith("field 'id' is not valid UTF-8") and rejects[9]["id"] == "id-\\udcff"
     answers = read_answers(tmp_path / "out")
-    assert [a["id"] for a in answers] == [good[0]["id"], good[1]["id"], "7"]
-    assert [a["budget"] for a in answers] == ["balanced", "fastest", "balanced"]
+    assert [a["id"] for a in answers] == [good[0]["id"], good[1]["id"], "7", "blank-budget"]
+    assert [a["budget"] for a in answers] == ["balanced", "fastest", "balanced", "balanced"]
     assert answers[1]["length_config"] != answers[0]["length_config"] == answers[2]["length_config"]
 
 

@@ -630,3 +630,21 @@ def test_at_the_connection_cap_silent_connections_go_and_answered_ones_stay(live
         assert sum(closed_after(s, limit=0.05) < 1 for s in silent) >= 3  # the oldest silent ones made room
         for s in silent:
             s.close()
+
+
+def test_a_model_under_development_is_served_with_its_threads_and_without_the_checksum_check(onnx_dir, tmp_path):
+    import hashlib
+    import shutil
+
+    from quala.config import QualaError
+    from quala.serve import load_engine
+    d = tmp_path / "model"
+    shutil.copytree(onnx_dir, d)
+    sums = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in d.iterdir() if p.is_file()}
+    (d / "SHA256SUMS.json").write_text(json.dumps(sums))
+    with (d / "config.json").open("a") as f:
+        f.write("\n")  # edited after the checksums were written
+    with pytest.raises(QualaError, match="config.json: checksum mismatch"):
+        load_engine(d, "onnx")
+    engine = load_engine(d, "onnx", threads=1, verify=False)
+    assert engine.predictor.threads == 1
