@@ -180,6 +180,7 @@ class Answer:
 
 
 N_BEST = 20  # distinct candidate spans per example: an answer's score is its softmax over them
+MAX_ANSWER_TOKENS = 30  # longest answer span in tokens (the SQuAD reference scripts' setting)
 
 
 def unencodable(text: str) -> str:
@@ -194,14 +195,14 @@ def unencodable(text: str) -> str:
 
 
 def postprocess(examples: list[Example], features: list[Feature], start_logits: list[np.ndarray],
-                end_logits: list[np.ndarray], n_best: int = N_BEST, max_answer_length: int = 30) -> list[Answer]:
+                end_logits: list[np.ndarray], n_best: int = N_BEST, max_answer_length: int = MAX_ANSWER_TOKENS) -> list[Answer]:
     """The best span of each example across all its windows; the score is its softmax over the n-best spans."""
     return [ranked[0] for ranked in ranked_answers(examples, features, start_logits, end_logits, n_best,
                                                    max_answer_length)]
 
 
 def ranked_answers(examples: list[Example], features: list[Feature], start_logits: list[np.ndarray],
-                   end_logits: list[np.ndarray], n_best: int = N_BEST, max_answer_length: int = 30
+                   end_logits: list[np.ndarray], n_best: int = N_BEST, max_answer_length: int = MAX_ANSWER_TOKENS
                    ) -> list[list[Answer]]:
     """Up to n_best distinct spans per example, best first, across all its windows (an empty answer when no
     valid span exists). Scores are the softmax of start+end logits over those spans."""

@@ -6,6 +6,7 @@ torch runtime is asked for.
 """
 from __future__ import annotations
 
+import numbers
 import os
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import numpy as np
 
 from quala.budget import Front, FrontPoint, front_path, read_front, select
 from quala.config import LengthConfig, ModelConfig, QualaError, default_model_dir
-from quala.data import N_BEST, Answer, Example, make_features, ranked_answers, unencodable
+from quala.data import MAX_ANSWER_TOKENS, N_BEST, Answer, Example, make_features, ranked_answers, unencodable
 from quala.evaluate import EvalResult, evaluate, run_features
 from quala.files import read_json, sha256
 from quala.longdoc import PASSAGES
@@ -72,8 +73,8 @@ class QuestionAnswerer:
         return make_features(examples, self.tokenizer, c.max_seq_length, c.doc_stride, c.max_query_length, training)
 
     def answer_pairs(self, pairs: list[tuple[str, str]], length_config: LengthConfig | None, top_k: int = 1,
-                     batch_size: int = 32, progress: bool = False, passages: int | None = PASSAGES
-                     ) -> list[list[Answer]]:
+                     batch_size: int = 32, progress: bool = False, passages: int | None = PASSAGES,
+                     max_answer_len: int = MAX_ANSWER_TOKENS) -> list[list[Answer]]:
         """(question, context) pairs -> the top_k answers of each, best first, offsets into the given context.
 
         A context of more than quala.longdoc.WHOLE_TOKENS tokens is read only in the `passages` passages BM25
@@ -83,7 +84,7 @@ class QuestionAnswerer:
         examples = [e for (q, c), r in zip(pairs, reads) for e in read_examples(q, c, r)]
         features = self.features(examples)
         starts, ends, _ = run_features(self.predictor, features, length_config, batch_size, progress)
-        ranked, out = ranked_answers(examples, features, starts, ends), []
+        ranked, out = ranked_answers(examples, features, starts, ends, max_answer_length=max_answer_len), []
         for r in reads:
             out.append(answers_of_reads(r, ranked[:len(r)], top_k))
             ranked = ranked[len(r):]
@@ -95,21 +96,24 @@ class QuestionAnswerer:
         return evaluate(self.predictor, self.tokenizer, examples, length_config, batch_size, features=self.features(
             examples), progress=progress)
 
-    def __call__(self, question: str | list[str], context: str | list[str], budget: str | None = None,
-                 top_k: int = 1, length_config: str | LengthConfig | None = None, batch_size: int = 32,
-                 passages: int | None = PASSAGES):
-        """passages: a context of more than quala.longdoc.WHOLE_TOKENS tokens is read only in its `passages` best
-        passages for the question (BM25, quala.longdoc); None reads every window of every context."""
-        for name, value in (("top_k", top_k), ("batch_size", batch_size), ("passages", passages)):
-            if value is None and name == "passages":
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise QualaError(f"{name} must be a whole number >= 1, got {value!r}")
+    def __call__(self, question: str | list[str] | dict | list[dict], context: str | list[str] | None = None,
+                 budget: str | None = None, top_k: int = 1, length_config: str | LengthConfig | None = None,
+                 batch_size: int = 32, passages: int | None = PASSAGES, max_answer_len: int = MAX_ANSWER_TOKENS):
+        """question may also be a dict {"question": ..., "context": ...} or a list of them, without `context`, as
+        the Hugging Face pipeline takes. passages: a context of more than quala.longdoc.WHOLE_TOKENS tokens is read
+        only in its `passages` best passages for the question (BM25, quala.longdoc); None reads every window of
+        every context. max_answer_len: the longest answer in tokens."""
+        if context is None:
+            question, context = unpack_pairs(question)
+        top_k, batch_size, max_answer_len = (whole_number(name, value) for name, value in (
+            ("top_k", top_k), ("batch_size", batch_size), ("max_answer_len", max_answer_len)))
+        passages = None if passages is None else whole_number("passages", passages)
         lc, _ = self.resolve(budget, length_config)
         questions, contexts = as_texts(question, "question"), as_texts(context, "context")
         if isinstance(question, str) and not isinstance(context, str):  # one question, several contexts
             # every context's candidates, so that a score does not depend on top_k
-            ranked = self.answer_pairs([(question, c) for c in contexts], lc, N_BEST, batch_size, passages=passages)
+            ranked = self.answer_pairs([(question, c) for c in contexts], lc, max(top_k, N_BEST), batch_size,
+                                       passages=passages, max_answer_len=max_answer_len)
             return shape(merge_contexts(ranked, top_k), top_k)
         if isinstance(context, str):
             contexts = contexts * len(questions)
@@ -120,7 +124,7 @@ class QuestionAnswerer:
                              f"per question")
         results = [shape([answer_dict(a) for a in ranked], top_k)
                    for ranked in self.answer_pairs(list(zip(questions, contexts)), lc, top_k, batch_size,
-                                                   passages=passages)]
+                                                   passages=passages, max_answer_len=max_answer_len)]
         return results[0] if isinstance(question, str) and isinstance(context, str) else results
 
 
@@ -141,6 +145,25 @@ def answers_of_reads(reads: list[tuple[int, int, float]], ranked: list[list[Answ
     moved = [[Answer(a.text, a.score, a.start + s, a.end + s, a.logit + prior) for a in answers]
              for (s, _, prior), answers in zip(reads, ranked)]
     return moved[0][:top_k] if len(moved) == 1 else merge_answers(moved, top_k)
+
+
+def whole_number(name: str, value) -> int:
+    """A count given to a call: a whole number >= 1 (numpy integers included), as a Python int."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise QualaError(f"{name} must be a whole number >= 1, got {value!r}")
+    return int(value)
+
+
+def unpack_pairs(value) -> tuple[str | list[str], str | list[str]]:
+    """{"question", "context"} -> (question, context); a list of such dicts -> (questions, contexts)."""
+    def pair(d, where: str) -> tuple:
+        if not isinstance(d, dict) or not {"question", "context"} <= set(d):
+            raise QualaError(f"{where}: give a context, or a dict with 'question' and 'context' (or a list of them)")
+        return d["question"], d["context"]
+    if isinstance(value, (list, tuple)) and value:
+        questions, contexts = zip(*(pair(d, f"question[{i}]") for i, d in enumerate(value)))
+        return list(questions), list(contexts)
+    return pair(value, "question")
 
 
 def as_texts(value: str | list[str], name: str) -> list[str]:

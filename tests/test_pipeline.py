@@ -27,6 +27,18 @@ def test_one_call_answers_like_the_hugging_face_pipeline(qa):
     assert [x["answer"] for x in both] == ["William Shakespeare", "Denmark"]
 
 
+def test_dicts_numpy_counts_and_answer_length_as_the_hugging_face_pipeline_takes_them(qa):
+    import numpy as np
+    one = qa("Who wrote Hamlet?", CONTEXT)
+    assert qa({"question": "Who wrote Hamlet?", "context": CONTEXT}) == one
+    pairs = [{"question": "Who wrote Hamlet?", "context": CONTEXT}, {"question": "Where is it set?", "context": CONTEXT}]
+    assert qa(pairs) == qa(["Who wrote Hamlet?", "Where is it set?"], CONTEXT)
+    assert qa("Where is it set?", CONTEXT, top_k=np.int64(2)) == qa("Where is it set?", CONTEXT, top_k=2)
+    short = qa("Who wrote Hamlet?", CONTEXT, max_answer_len=1, top_k=5)
+    assert all(len(qa.tokenizer.base.encode(a["answer"], add_special_tokens=False).ids) == 1 for a in short)
+    assert len(qa.tokenizer.base.encode(one["answer"], add_special_tokens=False).ids) > 1
+
+
 def test_one_question_several_contexts_returns_the_best_across_them(qa):
     contexts = ["Paris is the capital of France.", CONTEXT, "The Nile flows through Egypt."]
     a = qa("Who wrote Hamlet?", contexts)
@@ -49,6 +61,8 @@ def test_a_score_does_not_depend_on_how_many_answers_are_asked_for(qa, data_dir)
     ({"top_k": 0}, "top_k must be a whole number >= 1"),
     ({"batch_size": -1}, "batch_size must be a whole number >= 1"),
     ({"passages": 0}, "passages must be a whole number >= 1"),
+    ({"max_answer_len": 0}, "max_answer_len must be a whole number >= 1"),
+    ({"top_k": 2.0}, "top_k must be a whole number >= 1"),
     ({"budget": "20 parsecs"}, "parsecs"),
     ({"budget": "balanced", "length_config": "1,1,1,1,1,1"}, "not both"),
     ({"length_config": "1,1,1"}, "has 3 values; the model has 6 layers"),
@@ -61,6 +75,10 @@ def test_bad_options_name_the_problem(qa, kwargs, message):
 def test_bad_texts_name_the_problem(qa):
     with pytest.raises(QualaError, match=r"context\[1\] is empty"):
         qa("Who?", [CONTEXT, "  "])
+    with pytest.raises(QualaError, match="question: give a context, or a dict with 'question' and 'context'"):
+        qa("Who wrote Hamlet?")
+    with pytest.raises(QualaError, match=r"question\[1\]: give a context"):
+        qa([{"question": "Who?", "context": CONTEXT}, {"question": "Who?"}])
     with pytest.raises(QualaError, match="2 questions and 3 contexts"):
         qa(["a?", "b?"], [CONTEXT, CONTEXT, CONTEXT])
     not_utf8 = b"Who wrote \xff?".decode("utf-8", "surrogateescape")  # what Python makes of such bytes
