@@ -18,6 +18,7 @@ from quala.files import read_json, write_json_atomic
 
 FRONT_FILE = "length_configs.json"
 NAMED = ("fastest", "balanced", "accurate")
+FULL = "full"  # a budget that names full length (what answers report as their configuration when nothing drops)
 BALANCED_F1_LOSS = 1.0  # 'balanced': the cheapest point within this many F1 points of the most accurate one
 EPS = 1e-9
 
@@ -135,7 +136,7 @@ class Budget:
 
 
 BUDGET_FORMS = ("a latency ('20ms', '0.05s'), a cost ('2.5GMACs'), a speedup over the full length ('3x') "
-                "or a named point (fastest, balanced, accurate)")
+                "or a named point (fastest, balanced, accurate, full)")
 UNITS = {"ms": ("latency_ms", 1.0), "s": ("latency_ms", 1000.0), "gmacs": ("gmacs", 1.0), "gmac": ("gmacs", 1.0),
          "x": ("speedup", 1.0)}
 MAX_BUDGET_CHARS = 64  # budgets come from HTTP requests too: refuse long ones before reading them
@@ -151,7 +152,7 @@ def parse_budget(text: str) -> Budget:
     t = text.strip()
     if not t:
         raise QualaError(f"budget is empty: give {BUDGET_FORMS}")
-    if t.lower() in NAMED or is_point_name(t):
+    if t.lower() in NAMED + (FULL,) or is_point_name(t):
         return Budget("name", t.lower(), text)
     number, rest = split_number(t)
     unit = rest.lstrip()
@@ -208,6 +209,10 @@ def fits(p: FrontPoint, budget: Budget) -> bool:
 def select(front: Front, budget: str | Budget, source: str = FRONT_FILE) -> FrontPoint:
     """The most accurate point of the front that fits the budget (ties: the cheaper)."""
     b = budget if isinstance(budget, Budget) else parse_budget(budget)
+    if b.kind == "name" and b.value == FULL:
+        if front.full is None:
+            raise QualaError(f"budget 'full': {source} has no full-length point; give no budget to run at full length")
+        return front.full
     if b.kind == "name":
         name = front.named.get(b.value, b.value)
         p = front.point(name)

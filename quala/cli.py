@@ -95,7 +95,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", default=None,
                    help="pick the most accurate configuration of the model's length_configs.json (written by "
                         "`quala search`) that fits: a latency ('20ms'), a cost ('2.5GMACs'), a speedup over the "
-                        "full length ('3x') or a named point (fastest, balanced, accurate)")
+                        "full length ('3x') or a named point (fastest, balanced, accurate, full)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="features per forward pass (default 32)")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
                    help="fp32, or bf16 autocast (torch runtime; fast on CPUs with AVX512-BF16/AMX)")

@@ -82,8 +82,8 @@ class AnswerRequest(BaseModel):
                          description="the text to find the answer in; long texts are split into overlapping "
                                      "windows, never truncated, up to the server's max_windows (GET /configs)")
     budget: str | None = Field(None, max_length=MAX_BUDGET_CHARS,
-                               description="'20ms', '2.5GMACs', '3x', 'fastest', 'balanced', 'accurate' or a "
-                                           "point's name; absent or blank: the most accurate")
+                               description="'20ms', '2.5GMACs', '3x', 'fastest', 'balanced', 'accurate', 'full' "
+                                           "or a point's name; absent or blank: the most accurate")
     top_k: int = Field(1, ge=1, le=20, description="how many answers to return, best first")
 
     @field_validator("question", "context")

@@ -28,9 +28,17 @@ def front() -> Front:
     ("2x", "p1"), ("4x", "p0"), ("1.5x", "p1"), ("1x", "p2"),
     ("9ms", "p1"), ("8.99ms", "p0"), ("0.009s", "p1"), ("1000ms", "p2"),
     ("fastest", "p0"), ("balanced", "p1"), ("accurate", "p2"), ("Accurate", "p2"), ("p1", "p1"),
+    ("full", "full"), ("Full", "full"),
 ])
 def test_budget_picks_the_most_accurate_point_that_fits(front, budget, expected):
     assert select(front, budget).name == expected
+
+
+def test_full_names_the_full_length_point_or_says_the_front_has_none(front):
+    assert select(front, "full").length_config is None
+    front.full = None
+    with pytest.raises(QualaError, match="no full-length point; give no budget"):
+        select(front, "full")
 
 
 def test_confirmed_f1_outranks_the_search_f1(front):
