@@ -8,8 +8,9 @@ A cascade answers every question at a cheap configuration A; where its answer's 
 answers again at a costlier configuration B and keeps that answer. A question costs the MACs of every pass it ran.
 For each target the most accurate cascade (pair and threshold) with at least TARGET times fewer MACs than full
 length is chosen on the `--tune` questions and reported on the `--test` questions, beside each configuration
-alone and the F1 the configurations alone reach at the cascade's saving (linear between the two around it). Both samples are offset:count of the search's held-out training articles,
-never the dev set. A cascade's cost varies per question: the table gives the share answered twice.
+alone and the F1 the configurations alone reach at the cascade's saving (linear between the two around it). Both
+samples are offset:count of the search's held-out training articles, never the dev set. A cascade's cost varies
+per question: the table gives the share answered twice.
 """
 from __future__ import annotations
 
@@ -84,8 +85,8 @@ def candidates(scored: dict[str, Scored], confidence: str) -> list[Choice]:
 
 def best(scored: dict[str, Scored], choices: list[Choice], target: float, confidence: str) -> Choice | None:
     """The most accurate choice with at least `target` times fewer MACs than full length on these questions."""
-    fits = [(outcome(scored, c, confidence)[0], i) for i, c in enumerate(choices)
-            if outcome(scored, c, confidence)[1] >= target]
+    results = [outcome(scored, c, confidence) for c in choices]
+    fits = [(f1, i) for i, (f1, saving, _) in enumerate(results) if saving >= target]
     return choices[max(fits)[1]] if fits else None
 
 
@@ -109,8 +110,9 @@ def interpolated(scored: dict[str, Scored], saving: float, confidence: str) -> f
 def table(tune: dict[str, Scored], test: dict[str, Scored], targets: list[float], confidence: str) -> str:
     """Each configuration alone, then per target the cascade chosen on tune, with the single configurations' F1
     interpolated at the saving it reached on test."""
-    lines = ["| target | configuration (alone) or cascade chosen on tune | answered twice (test) | tune F1 @ fewer MACs "
-             "| test F1 @ fewer MACs | alone at that saving (test) |", "| ---: | --- | ---: | ---: | ---: | ---: |"]
+    lines = ["| target | configuration (alone) or cascade chosen on tune | answered twice (test) "
+             "| tune F1 @ fewer MACs | test F1 @ fewer MACs | alone at that saving (test) |",
+             "| ---: | --- | ---: | ---: | ---: | ---: |"]
     choices = candidates(tune, confidence)
     rows = [("", c) for c in choices if c.costly is None]
     rows += [(f"{target:g}x", best(tune, choices, target, confidence)) for target in targets]

@@ -195,7 +195,8 @@ def unencodable(text: str) -> str:
 
 
 def postprocess(examples: list[Example], features: list[Feature], start_logits: list[np.ndarray],
-                end_logits: list[np.ndarray], n_best: int = N_BEST, max_answer_length: int = MAX_ANSWER_TOKENS) -> list[Answer]:
+                end_logits: list[np.ndarray], n_best: int = N_BEST, max_answer_length: int = MAX_ANSWER_TOKENS
+                ) -> list[Answer]:
     """The best span of each example across all its windows; the score is its softmax over the n-best spans."""
     return [ranked[0] for ranked in ranked_answers(examples, features, start_logits, end_logits, n_best,
                                                    max_answer_length)]

@@ -236,8 +236,7 @@ def load(model: str | os.PathLike | None = None, runtime: str = "auto", threads:
     threads: ONNX Runtime intra-op threads (default: physical cores); verify: check SHA256SUMS.json when present.
     """
     from quala.runtime import load_predictor
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise QualaError(f"threads must be a whole number >= 1 (or None: every physical core), got {threads!r}")
+    threads = None if threads is None else whole_number("threads", threads)
     model_dir = Path(model) if model is not None else default_model_dir()
     if not model_dir.is_dir():
         raise QualaError(f"{model_dir}: not a model directory (no such folder)")
