@@ -84,7 +84,7 @@ def start_configs(spec: str, s: SearchSettings) -> tuple[str, ...]:
     """Configurations for generation 0 from a length_configs.json or a model directory (its front's points) or
     'r,r,...;r,r,...': after more training, the last front is a better start than random draws alone; its points
     are scored afresh like any others."""
-    if spec.endswith(".json") or Path(spec).is_dir():
+    if spec.endswith(".json") or is_directory(spec):
         configs = [p.length_config for p in read_front(spec).configs if p.length_config is not None]
     else:
         configs = [LengthConfig.parse(c) for c in spec.split(";") if c.strip()]
@@ -92,6 +92,14 @@ def start_configs(spec: str, s: SearchSettings) -> tuple[str, ...]:
         raise QualaError(f"--start-configs {spec}: give a front file, a model directory with one, or ratio "
                          f"configurations separated by ';' (e.g. '1,1,1,0.8,0.4,0.2;1,0.9,0.7,0.5,0.3,0.1')")
     return tuple(dict.fromkeys(key(on_grid(np.array(c.values), s)) for c in configs))
+
+
+def is_directory(spec: str) -> bool:
+    """Whether spec names a directory; False where it is too long to be a path (a long list of configurations)."""
+    try:
+        return Path(spec).is_dir()
+    except OSError:
+        return False
 
 
 def mutate(rng: np.random.Generator, values: tuple[float, ...], s: SearchSettings) -> tuple[float, ...]:

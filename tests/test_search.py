@@ -210,6 +210,8 @@ def test_start_configs_join_generation_0_from_a_front_file_or_a_list(model_dir, 
     assert seeds == tuple(str(p.length_config) for p in first.configs)
     listed = search.start_configs("1,1,0.555;0.5,0.4,0.3", s)
     assert listed == ("1,1,0.56", "0.5,0.4,0.3")  # on the search's grid
+    many = [f"1,{r / 100},{(r - 10) / 100}" for r in range(20, 100)]  # longer than a path may be: still a list
+    assert search.start_configs(";".join(many), s) == tuple(many)
     counted.clear()
     run_search(model_dir, settings(data_dir, tmp_path / "seeded", iterations=0, start_configs=listed))
     assert {"1,1,0.56", "0.5,0.4,0.3"} <= {lc for n, lc in counted if n == 6}
