@@ -1,7 +1,8 @@
 """Is a candidate model better than the shipped one? Paired F1 on the same held-out questions, with its noise.
 
     python benchmarks/compare_models.py --candidate DIR [--baseline DIR]
-        [--configs "full;1,0.99,0.8,0.54,0.35,0.12"] [--samples "2400:1500,400:2000"] [--runtime torch]
+        [--configs "full;1,0.99,0.8,0.54,0.35,0.12" | --budgets "1.5x;2x;3x"] [--samples "2400:1500,400:2000"]
+        [--runtime torch]
 
 Both models answer every question of each held-out sample (offset:count of the search's split of the training
 articles, never the dev set) at each configuration. The table gives both F1s, the mean per-question difference
@@ -10,6 +11,11 @@ articles, never the dev set) at each configuration. The table gives both F1s, th
 cannot resolve a few tenths of F1: 560 more LengthDrop steps scored +0.03 to +0.46 on one sample and -0.50 to -0.96 on
 another (docs/benchmarks.md). Sample 400:2000 is the questions `quala search` confirms its front on, 2400:1500 the
 ones after them. Default runtime: PyTorch fp32 (`--runtime onnx-int8` scores the shipped graphs).
+
+--budgets compares what a user gets for each budget instead of fixed configurations: each model's own front
+(DIR/length_configs.json) picks its configuration for the budget, as `--budget` does, and both are scored on the
+same questions. Two fronts of one model (a longer search, say) compare this way: a model directory with the same
+weights and the new front as the candidate.
 """
 from __future__ import annotations
 
@@ -20,7 +26,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from quala.budget import configs_to_score
+from quala.budget import configs_to_score, read_front, select
 from quala.config import LengthConfig, ModelConfig, QualaError, default_model_dir, exit_status
 from quala.data import Example, make_features
 from quala.evaluate import evaluate, question_f1
@@ -93,9 +99,32 @@ def compare(candidate: Path, baseline: Path, runtime: str, samples: dict[str, li
     return rows
 
 
-def table(rows: list[tuple[str, str, Paired]]) -> str:
+def compare_budgets(candidate: Path, baseline: Path, runtime: str, samples: dict[str, list[Example]],
+                    budgets: list[str], batch_size: int = 32) -> list[tuple[str, str, Paired]]:
+    """(budget with both points' configurations, sample name or "pooled", Paired) rows: each model at the
+    configuration its own front picks for the budget."""
+    picks = {b: [select(read_front(d), b, str(d)) for d in (candidate, baseline)] for b in budgets}  # before scoring
+    ours, theirs = (score(d, runtime, samples, list(dict.fromkeys(p[i].length_config for p in picks.values())),
+                          batch_size) for i, d in enumerate((candidate, baseline)))
+    rows = []
+    for b, (mine, base) in picks.items():
+        label = f"{b}: {point_text(mine)} vs {point_text(base)}"
+        a, z = str(mine.length_config or "full"), str(base.length_config or "full")
+        for name in samples:
+            rows.append((label, name, paired(ours[name][a], theirs[name][z])))
+        if len(samples) > 1:
+            rows.append((label, "pooled", paired(np.concatenate([ours[n][a] for n in samples]),
+                                                 np.concatenate([theirs[n][z] for n in samples]))))
+    return rows
+
+
+def point_text(p) -> str:
+    return f"{p.length_config or 'full'} ({p.speedup_gmacs:.2f}x)"
+
+
+def table(rows: list[tuple[str, str, Paired]], first: str = "length config") -> str:
     """Markdown; the verdict on the pooled rows (on every row when there is one sample)."""
-    lines = ["| length config | questions | candidate F1 | baseline F1 | difference | std. error | verdict |",
+    lines = [f"| {first} | questions | candidate F1 | baseline F1 | difference | std. error | verdict |",
              "| --- | --- | ---: | ---: | ---: | ---: | --- |"]
     single = not any(name == "pooled" for _, name, _ in rows)
     for key, name, p in rows:
@@ -110,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--candidate", type=Path, required=True, help="model directory to judge")
     p.add_argument("--baseline", type=Path, default=None, help="model directory to beat (default: the released one)")
     p.add_argument("--configs", default="full", help="';'-separated length configurations (default full)")
+    p.add_argument("--budgets", default=None,
+                   help="';'-separated budgets ('1.5x;2x;3x', point names, GMACs): each model at the point its own "
+                        "front picks for each, instead of --configs")
     p.add_argument("--samples", default="2400:1500,400:2000",
                    help="held-out samples as offset:count, comma-separated (default 2400:1500,400:2000)")
     p.add_argument("--runtime", default="torch", help="torch (fp32, default), onnx or onnx-int8")
@@ -123,7 +155,12 @@ def run(args) -> None:
     configs = configs_to_score(args.candidate, args.configs, config)  # checked before minutes of scoring
     samples = {f"{o}:{n}": heldout_questions(config, o, n)[0] for o, n in parse_samples(args.samples)}
     print(f"candidate {args.candidate}, baseline {baseline}; {args.runtime}; held-out training questions; F1\n")
-    print(table(compare(args.candidate, baseline, args.runtime, samples, configs, args.batch_size)))
+    if args.budgets:
+        budgets = [b.strip() for b in args.budgets.split(";") if b.strip()]
+        rows = compare_budgets(args.candidate, baseline, args.runtime, samples, budgets, args.batch_size)
+        print(table(rows, "budget: candidate's point vs baseline's"))
+    else:
+        print(table(compare(args.candidate, baseline, args.runtime, samples, configs, args.batch_size)))
 
 
 if __name__ == "__main__":

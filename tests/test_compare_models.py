@@ -1,10 +1,12 @@
 """benchmarks/compare_models.py: paired per-question F1 of two models, its standard error and the verdict."""
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from quala.budget import Front, FrontPoint, write_front
 from quala.config import LengthConfig, QualaError
 from quala.modeling import QualaForQuestionAnswering
 from tests.conftest import load_script
@@ -54,3 +56,28 @@ def test_a_model_against_itself_is_level_and_samples_pool_by_question(tiny_model
     assert pooled.candidate == pytest.approx(np.mean([p.candidate for p in per_sample]))
     text = compare_models.table(rows)
     assert text.count("| level |") == 2 and "pooled (6)" in text
+
+
+def test_budgets_pair_the_point_each_models_own_front_picks(tiny_model_dir, dev_examples, tmp_path):
+    def with_front(name: str, points: list[tuple[str, float]]) -> Path:  # (ratios, speed-up) points
+        d = tmp_path / name
+        shutil.copytree(tiny_model_dir, d)
+        write_front(d / "length_configs.json", Front(
+            [FrontPoint(f"p{i}", LengthConfig.parse(r), 1.0 / x, x, 60 - 3 * x) for i, (r, x) in enumerate(points)]))
+        return d
+
+    old = with_front("old", [("0.5,0.5,0.5", 1.6), ("0.2,0.2,0.2", 3.1)])
+    new = with_front("new", [("0.3,0.3,0.3", 2.1), ("0.8,0.8,0.8", 1.2)])  # for 2x: 0.3s; old gives 0.2s
+    samples = {"a": dev_examples[:3], "b": dev_examples[3:6]}
+    rows = compare_models.compare_budgets(new, old, "torch", samples, ["2x", "1.5x"])
+    assert [label for label, name, _ in rows if name == "pooled"] == [
+        "2x: 0.3,0.3,0.3 (2.10x) vs 0.2,0.2,0.2 (3.10x)", "1.5x: 0.3,0.3,0.3 (2.10x) vs 0.5,0.5,0.5 (1.60x)"]
+    scored = compare_models.score(old, "torch", samples, [LengthConfig.parse(r) for r in
+                                                          ("0.3,0.3,0.3", "0.2,0.2,0.2", "0.5,0.5,0.5")], 32)
+    for (_, name, p), (mine, base) in zip(rows[:2], [("0.3,0.3,0.3", "0.2,0.2,0.2")] * 2):
+        expected = compare_models.paired(scored[name][mine], scored[name][base])
+        assert p == expected  # same weights: the difference is the two configurations'
+    same = compare_models.compare_budgets(old, old, "torch", samples, ["1.5x"])
+    assert all(p.difference == 0 for _, _, p in same)
+    with pytest.raises(QualaError, match="budget '9x': no configuration"):
+        compare_models.compare_budgets(new, old, "torch", samples, ["9x"])
