@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -38,13 +39,28 @@ def positive_int(text: str) -> int:
     return value
 
 
-def positive_float(text: str) -> float:
+def finite_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0 or value == float("inf"):
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = finite_float(text)
+    if not value > 0:
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: 0 or more, finite (an infinite wait would hold a lone request for good)."""
+    value = finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
     return value
 
 
@@ -69,6 +85,14 @@ def fraction(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def positive_fraction(text: str) -> float:
+    """argparse type: a number in (0, 1] (a grid step or a smallest ratio: 0 would divide by zero later)."""
+    value = fraction(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be above 0 and at most 1, got 0")
     return value
 
 
@@ -394,13 +418,13 @@ def add_search_parsers(sub) -> None:
     a("--start-configs", default=None, help="also put these in generation 0: a length_configs.json or a model "
       "directory (the points of its front, e.g. the last release's after more training) or ratio configurations "
       "separated by ';'")
-    a("--min-ratio", type=float, default=0.05, help="smallest ratio of tokens a layer may keep (default 0.05)")
-    a("--step", type=float, default=0.01, help="ratios are multiples of this (default 0.01)")
+    a("--min-ratio", type=positive_fraction, default=0.05, help="smallest ratio of tokens a layer may keep (default 0.05)")
+    a("--step", type=positive_fraction, default=0.01, help="ratios are multiples of this (default 0.01)")
     a("--limit", type=positive_int, default=None, help="score on the first N questions of the search split (default all)")
     a("--confirm-limit", type=int, default=2000, help="score the front again on the N held-out questions after "
       "the first --limit (default 2000; 0: no) and choose names and budgets by that larger sample: a few hundred "
       "questions rank points within a point of F1 of each other noisily")
-    a("--confirm-margin", type=float, default=0.0, help="also score again every configuration whose search F1 is "
+    a("--confirm-margin", type=non_negative_float, default=0.0, help="also score again every configuration whose search F1 is "
       "within this many points of the front at its cost, and report the front of those larger-sample scores "
       "(default 0: only the front's points): with --limit 400, configurations a point apart swap places by chance")
     a("--dev-limit", type=positive_int, default=None, help="report the front on the first N dev questions (default all)")
@@ -468,7 +492,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     a("--teacher", type=Path, default=None, help="Hugging Face question-answering model directory to distil "
       "from (same vocabulary); its logits are computed once and cached in the output folder")
     a("--temperature", type=positive_float, default=2.0, help="distillation temperature for the teacher (default 2)")
-    a("--alpha", type=float, default=0.5, help="weight of the teacher loss vs the label loss (default 0.5)")
+    a("--alpha", type=fraction, default=0.5, help="weight of the teacher loss vs the label loss (default 0.5)")
     a("--scorer-loss", type=fraction, default=0.0, help="train the learned ranking's scorers with the model: this "
       "weight on their squared error against the full model's answer mass near each token, whose gradient also "
       "shapes the early layers' states (default 0: the scorers stay as fitted)")
@@ -603,11 +627,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=positive_int, default=16,
                    help="most windows in one forward pass when the runtime's answers do not depend on batch-mates "
                         "(default 16)")
-    p.add_argument("--max-wait-ms", type=float, default=5.0,
+    p.add_argument("--max-wait-ms", type=non_negative_float, default=5.0,
                    help="how long a request waits for others to batch with, when the runtime's answers do not depend "
                         "on batch-mates (default 5 ms)")
     p.add_argument("--max-body-mb", type=positive_float, default=4.0,
-                   help="largest request body accepted, counted as it arrives (default 4 MB)")
+                   help="largest request body accepted in MiB (1,048,576 bytes), counted as it arrives (default 4)")
     p.add_argument("--max-windows", type=positive_int, default=64,
                    help="most windows of 384 tokens one request may need, all its contexts together (default 64: "
                         "a context of about 12,000 tokens)")

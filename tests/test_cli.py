@@ -67,6 +67,12 @@ def test_bad_input_gives_a_clear_error(argv, message, tiny_model_dir, capsys):
     (["train", "--output", "x", "--lr", "-1"], "--lr: must be a positive number"),
     (["serve", "--port", "70000"], "--port: must be a port from 0 to 65535, got 70000"),
     (["serve", "--threads", "0"], "--threads: must be at least 1"),
+    (["serve", "--max-wait-ms", "inf"], "--max-wait-ms: must be a finite number, got inf"),
+    (["serve", "--max-wait-ms", "-1"], "--max-wait-ms: must be 0 or more, got -1"),
+    (["search", "--step", "0"], "--step: must be above 0 and at most 1, got 0"),
+    (["search", "--min-ratio", "1.5"], "--min-ratio: must be between 0 and 1, got 1.5"),
+    (["search", "--confirm-margin", "nan"], "--confirm-margin: must be a finite number, got nan"),
+    (["train", "--output", "x", "--alpha", "2"], "--alpha: must be between 0 and 1, got 2"),
     (["predict", "--input", "a.jsonl", "--output", "b", "--threads", "-2"], "--threads: must be at least 1"),
     (["predict", "--input", "a.jsonl", "--output", "b", "--passages", "0"], "--passages: must be at least 1"),
 ])
