@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from quala.budget import configs_to_score, read_front, select
+from quala.budget import FrontPoint, configs_to_score, read_front, select
 from quala.config import LengthConfig, ModelConfig, QualaError, default_model_dir, exit_status
 from quala.data import Example, make_features
 from quala.evaluate import evaluate, question_f1
@@ -88,14 +88,17 @@ def score(model_dir: Path, runtime: str, samples: dict[str, list[Example]], conf
 def compare(candidate: Path, baseline: Path, runtime: str, samples: dict[str, list[Example]],
             configs: list[LengthConfig | None], batch_size: int = 32) -> list[tuple[str, str, Paired]]:
     """(config, sample name or "pooled", Paired) rows."""
-    rows = []
     ours, theirs = (score(d, runtime, samples, configs, batch_size) for d in (candidate, baseline))
-    for key in (str(lc or "full") for lc in configs):
-        for name in samples:
-            rows.append((key, name, paired(ours[name][key], theirs[name][key])))
-        if len(samples) > 1:
-            pooled = [np.concatenate([s[name][key] for name in samples]) for s in (ours, theirs)]
-            rows.append((key, "pooled", paired(*pooled)))
+    return [row for key in (str(lc or "full") for lc in configs) for row in sample_rows(key, ours, key, theirs, key)]
+
+
+def sample_rows(label: str, ours: dict[str, dict[str, np.ndarray]], mine: str, theirs: dict[str, dict[str, np.ndarray]],
+                base: str) -> list[tuple[str, str, Paired]]:
+    """The candidate at configuration `mine` against the baseline at `base`: one row per sample, then pooled."""
+    rows = [(label, name, paired(ours[name][mine], theirs[name][base])) for name in ours]
+    if len(ours) > 1:
+        rows.append((label, "pooled", paired(np.concatenate([ours[n][mine] for n in ours]),
+                                             np.concatenate([theirs[n][base] for n in ours]))))
     return rows
 
 
@@ -106,19 +109,12 @@ def compare_budgets(candidate: Path, baseline: Path, runtime: str, samples: dict
     picks = {b: [select(read_front(d), b, str(d)) for d in (candidate, baseline)] for b in budgets}  # before scoring
     ours, theirs = (score(d, runtime, samples, list(dict.fromkeys(p[i].length_config for p in picks.values())),
                           batch_size) for i, d in enumerate((candidate, baseline)))
-    rows = []
-    for b, (mine, base) in picks.items():
-        label = f"{b}: {point_text(mine)} vs {point_text(base)}"
-        a, z = str(mine.length_config or "full"), str(base.length_config or "full")
-        for name in samples:
-            rows.append((label, name, paired(ours[name][a], theirs[name][z])))
-        if len(samples) > 1:
-            rows.append((label, "pooled", paired(np.concatenate([ours[n][a] for n in samples]),
-                                                 np.concatenate([theirs[n][z] for n in samples]))))
-    return rows
+    return [row for b, (mine, base) in picks.items()
+            for row in sample_rows(f"{b}: {point_text(mine)} vs {point_text(base)}", ours,
+                                   str(mine.length_config or "full"), theirs, str(base.length_config or "full"))]
 
 
-def point_text(p) -> str:
+def point_text(p: FrontPoint) -> str:
     return f"{p.length_config or 'full'} ({p.speedup_gmacs:.2f}x)"
 
 

@@ -418,15 +418,17 @@ def add_search_parsers(sub) -> None:
     a("--start-configs", default=None, help="also put these in generation 0: a length_configs.json or a model "
       "directory (the points of its front, e.g. the last release's after more training) or ratio configurations "
       "separated by ';'")
-    a("--min-ratio", type=positive_fraction, default=0.05, help="smallest ratio of tokens a layer may keep (default 0.05)")
+    a("--min-ratio", type=positive_fraction, default=0.05,
+      help="smallest ratio of tokens a layer may keep (default 0.05)")
     a("--step", type=positive_fraction, default=0.01, help="ratios are multiples of this (default 0.01)")
     a("--limit", type=positive_int, default=None, help="score on the first N questions of the search split (default all)")
     a("--confirm-limit", type=int, default=2000, help="score the front again on the N held-out questions after "
       "the first --limit (default 2000; 0: no) and choose names and budgets by that larger sample: a few hundred "
       "questions rank points within a point of F1 of each other noisily")
-    a("--confirm-margin", type=non_negative_float, default=0.0, help="also score again every configuration whose search F1 is "
-      "within this many points of the front at its cost, and report the front of those larger-sample scores "
-      "(default 0: only the front's points): with --limit 400, configurations a point apart swap places by chance")
+    a("--confirm-margin", type=non_negative_float, default=0.0, help="also score again every configuration whose "
+      "search F1 is within this many points of the front at its cost, and report the front of those larger-sample "
+      "scores (default 0: only the front's points): with --limit 400, configurations a point apart swap places by "
+      "chance")
     a("--dev-limit", type=positive_int, default=None, help="report the front on the first N dev questions (default all)")
     a("--train-file", type=Path, default=None, help="SQuAD v1.1 train JSON whose held-out articles are scored "
       "(default: the model's training file, else the shared train set)")
