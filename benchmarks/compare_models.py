@@ -32,7 +32,7 @@ from quala.data import Example, make_features
 from quala.evaluate import evaluate, question_f1
 from quala.files import read_json
 from quala.runtime import load_predictor
-from quala.search import heldout_questions
+from quala.search import heldout_questions, parse_slice
 
 
 class Paired(NamedTuple):
@@ -62,11 +62,8 @@ def verdict(p: Paired) -> str:
 
 def parse_samples(text: str) -> list[tuple[int, int]]:
     """'2400:1500,400:2000' -> [(2400, 1500), (400, 2000)]: offset and count in the held-out split."""
-    try:
-        samples = [tuple(int(v) for v in part.split(":")) for part in text.split(",") if part.strip()]
-    except ValueError:
-        samples = []
-    if not samples or any(len(s) != 2 or s[0] < 0 or s[1] < 1 for s in samples):
+    samples = [parse_slice(part, "--samples") for part in text.split(",") if part.strip()]
+    if not samples:
         raise QualaError(f"--samples {text!r}: give offset:count pairs separated by commas, e.g. 2400:1500,400:2000")
     return samples
 

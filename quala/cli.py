@@ -115,6 +115,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--length-config", default=None,
                    help="tokens kept after each layer as ratios of each input's length ('1,0.8,0.6,0.5,0.4,0.3'), "
                         "or absolute token counts with a 'tokens:' prefix ('tokens:315,251,242,159,142,33'); "
+                        "ratios with '@B' ('0.6,0.4,0.4,0.3,0.13,0.13@0.5') are shares r of a 384-token window: "
+                        "a window of n tokens keeps r*384*(n/384)^B (shorter windows keep a larger share); "
                         "'full' for no dropping; default: the model's")
     p.add_argument("--budget", default=None,
                    help="pick the most accurate configuration of the model's length_configs.json (written by "
@@ -349,7 +351,7 @@ def cmd_search(args) -> None:
                        train_file=str(args.train_file or ""), dev_file=str(args.dev_file or ""),
                        heldout_fraction=args.heldout_fraction, batch_size=args.batch_size, latency=args.latency,
                        latency_features=args.latency_features, latency_repeats=args.latency_repeats,
-                       work_dir=str(args.work_dir or ""))
+                       work_dir=str(args.work_dir or ""), length_exponent=args.length_exponent)
     if args.start_configs:
         s.start_configs = start_configs(args.start_configs, s)
     front = run_search(model_dir, s, predictor, tokenizer)
@@ -421,6 +423,9 @@ def add_search_parsers(sub) -> None:
     a("--min-ratio", type=positive_fraction, default=0.05,
       help="smallest ratio of tokens a layer may keep (default 0.05)")
     a("--step", type=positive_fraction, default=0.01, help="ratios are multiples of this (default 0.01)")
+    a("--length-exponent", type=fraction, default=1.0, help="search configurations 'r,r,...@B' with this exponent "
+      "B: each ratio is the share of a 384-token window and a window of n tokens keeps r*384*(n/384)^B, so long "
+      "windows keep a smaller share (default 1: plain ratios, r*n)")
     a("--limit", type=positive_int, default=None, help="score on the first N questions of the search split (default all)")
     a("--confirm-limit", type=int, default=2000, help="score the front again on the N held-out questions after "
       "the first --limit (default 2000; 0: no) and choose names and budgets by that larger sample: a few hundred "

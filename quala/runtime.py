@@ -106,6 +106,34 @@ def cpu_description() -> str:
             f"{first.get('model', '?')}), {os.cpu_count()} CPUs / {physical_cores()} physical cores, {isa}")
 
 
+def cpu_seconds() -> tuple[float, float, int] | None:
+    """(seconds the machine's CPUs have been busy, seconds this process has used, CPUs counted) so far, from
+    /proc/stat (busy: every state but idle and iowait; steal, time the hypervisor gave to another VM, counts as
+    busy) and getrusage; None where /proc/stat is missing. Two readings give others_cpu_share."""
+    import resource
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+    except OSError:
+        return None
+    ticks = [int(v) for v in lines[0].split()[1:9]]
+    cpus = sum(1 for line in lines if line.startswith("cpu") and line[3:4].isdigit())
+    busy = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+    own = sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+              for f in ("ru_utime", "ru_stime"))
+    return busy, own, cpus
+
+
+def others_cpu_share(before: tuple[float, float, int] | None, after: tuple[float, float, int] | None,
+                     wall_s: float) -> float | None:
+    """The share of the machine's CPU time that other processes (and steal) took between two cpu_seconds()
+    readings `wall_s` apart: what a benchmark's timings share the cores with. The load average cannot tell: a
+    benchmark on every core raises it to the core count by itself."""
+    if before is None or after is None or wall_s <= 0:
+        return None
+    others = (after[0] - before[0]) - (after[1] - before[1])
+    return min(1.0, max(0.0, others / (wall_s * after[2])))
+
+
 class OnnxPredictor:
     """An onnxruntime.InferenceSession on all threads, created once; the length configuration is a per-call input.
 

@@ -58,9 +58,10 @@ class SearchSettings:
     work_dir: str = ""  # cache and state; default: the model directory
     progress: bool = True
     start_configs: tuple[str, ...] = ()  # joined to generation 0, e.g. an earlier model's front (start_configs())
+    length_exponent: float = 1.0  # every configuration's LengthConfig.exponent (1: plain ratios)
 
     EVOLUTION_KEYS = ("population", "mutations", "crossovers", "mutation_prob", "seed", "min_ratio", "step",
-                      "start_configs")
+                      "start_configs", "length_exponent")
 
 
 # ---- configurations ------------------------------------------------------------------------------------------
@@ -70,8 +71,8 @@ def on_grid(values: np.ndarray, s: SearchSettings) -> tuple[float, ...]:
     return tuple(round(float(x), 6) for x in np.minimum.accumulate(v))
 
 
-def key(values: tuple[float, ...]) -> str:
-    return str(LengthConfig(values))
+def key(values: tuple[float, ...], exponent: float = 1.0) -> str:
+    return str(LengthConfig(values, "ratio", exponent))
 
 
 def initial_population(rng: np.random.Generator, layers: int, s: SearchSettings) -> list[tuple[float, ...]]:
@@ -88,10 +89,11 @@ def start_configs(spec: str, s: SearchSettings) -> tuple[str, ...]:
         configs = [p.length_config for p in read_front(spec).configs if p.length_config is not None]
     else:
         configs = [LengthConfig.parse(c) for c in spec.split(";") if c.strip()]
-    if not configs or any(c is None or c.unit != "ratio" for c in configs):
+    if not configs or any(c is None or c.unit != "ratio" or c.exponent != s.length_exponent for c in configs):
         raise QualaError(f"--start-configs {spec}: give a front file, a model directory with one, or ratio "
-                         f"configurations separated by ';' (e.g. '1,1,1,0.8,0.4,0.2;1,0.9,0.7,0.5,0.3,0.1')")
-    return tuple(dict.fromkeys(key(on_grid(np.array(c.values), s)) for c in configs))
+                         f"configurations separated by ';' (e.g. '1,1,1,0.8,0.4,0.2;1,0.9,0.7,0.5,0.3,0.1'), each "
+                         f"with the search's --length-exponent {s.length_exponent:g} ('@exponent' where it is not 1)")
+    return tuple(dict.fromkeys(key(on_grid(np.array(c.values), s), s.length_exponent) for c in configs))
 
 
 def is_directory(spec: str) -> bool:
@@ -201,7 +203,7 @@ def offspring(rng: np.random.Generator, parents: list[tuple[float, ...]], seen: 
         for _ in range(20 * count):  # the front may be small: give up rather than loop forever
             if made == count:
                 break
-            k = key(make())
+            k = key(make(), s.length_exponent)
             if k not in seen:
                 seen.add(k)
                 children.append(k)
@@ -215,9 +217,10 @@ def evolve(scorer: Scorer, layers: int, s: SearchSettings, state_path: Path, fin
     The state after each generation is its number, the random state and how many cache entries existed then: a
     resumed generation draws the same children as the interrupted one, and those already scored come from the cache.
     """
-    # lists as JSON reads them back; no start_configs entry when there are none, as in states saved before it existed
+    # lists as JSON reads them back; no start_configs entry when there are none, nor length_exponent at 1, as in
+    # states saved before they existed
     settings = {k: list(v) if isinstance(v, tuple) else v for k in SearchSettings.EVOLUTION_KEYS
-                if (v := getattr(s, k)) != ()} | fingerprint
+                if (v := getattr(s, k)) != () and not (k == "length_exponent" and v == 1)} | fingerprint
     rng = np.random.default_rng(s.seed)
     generation, n_scored = -1, 0
     if state_path.is_file():
@@ -233,7 +236,8 @@ def evolve(scorer: Scorer, layers: int, s: SearchSettings, state_path: Path, fin
                unit="gen", disable=not s.progress)
     while generation < s.iterations:
         if generation < 0:
-            keys = list(dict.fromkeys([key(v) for v in initial_population(rng, layers, s)] + list(s.start_configs)))
+            keys = list(dict.fromkeys([key(v, s.length_exponent) for v in initial_population(rng, layers, s)]
+                                      + list(s.start_configs)))
         else:
             known = dict(list(scorer.cache.scores.items())[:n_scored])
             keys = offspring(rng, [LengthConfig.parse(k).values for k in pareto_front(known)], set(known), s)
@@ -304,6 +308,17 @@ def search_split(model_config: ModelConfig, s: SearchSettings, confirm: bool = F
     return heldout, {"train_file": str(train_file), "train_limit": train_limit, "heldout_fraction": fraction,
                      "limit": s.limit, "questions": len(heldout)} | ({"confirm_limit": s.confirm_limit}
                                                                      if confirm else {})
+
+
+def parse_slice(text: str, flag: str) -> tuple[int, int]:
+    """'2400:1500' -> (2400, 1500), heldout_questions' offset and limit; a bad value names `flag`."""
+    try:
+        offset, count = (int(v) for v in text.strip().split(":"))
+    except ValueError:
+        offset, count = -1, 0
+    if offset < 0 or count < 1:
+        raise QualaError(f"{flag} {text!r}: give OFFSET:COUNT of the held-out questions, e.g. 2400:1500")
+    return offset, count
 
 
 def heldout_questions(model_config: ModelConfig, offset: int, limit: int) -> tuple[list[Example], dict]:

@@ -138,7 +138,7 @@ def sample_ratios(num_layers: int, bound: float, rng: np.random.Generator | None
 def front_ratios(path: str | os.PathLike, num_layers: int) -> list[tuple[float, ...]]:
     """The ratio configurations of a front (a model directory or its length_configs.json), full length left out."""
     configs = [p.length_config for p in read_front(path).configs if p.length_config is not None]
-    ratios = [lc.values for lc in configs if lc.unit == "ratio" and len(lc.values) == num_layers]
+    ratios = [lc.values for lc in configs if lc.unit == "ratio" and lc.exponent == 1 and len(lc.values) == num_layers]
     if not ratios:
         raise QualaError(f"--front-sample {path}: no ratio configuration of {num_layers} layers in its front")
     return ratios

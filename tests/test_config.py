@@ -71,3 +71,20 @@ def test_exit_status_prints_a_user_error_as_one_line_and_lets_bugs_through(capsy
     assert capsys.readouterr().err == "error: x.json: no such file\n"
     with pytest.raises(ZeroDivisionError):  # a bug keeps its traceback
         exit_status(lambda: 1 / 0)
+
+
+def test_an_exponent_keeps_a_share_of_a_384_token_window_and_more_of_shorter_ones():
+    lc = LengthConfig.parse("0.5,0.25@0.5")
+    assert lc == LengthConfig((0.5, 0.25), "ratio", 0.5) and str(lc) == "0.5,0.25@0.5"
+    assert LengthConfig.from_json(lc.to_json()) == lc and lc.to_json()["exponent"] == 0.5
+    assert "exponent" not in LengthConfig.parse("0.5,0.25").to_json()  # plain ratios are written as before
+    counts = lc.token_counts(np.array([384, 96, 20]))
+    assert counts.tolist() == [[192, 96], [96, 48], [20, 20]]  # 0.5 * sqrt(384 * 96) = 96; never more than n
+    assert (LengthConfig.parse("0.5,0.25@1").token_counts(np.array([96])) == [[48, 24]]).all()
+
+
+@pytest.mark.parametrize("text", ["0.5,0.25@", "0.5,0.25@x", "0.5,0.25@1.5", "0.5,0.25@-0.1", "tokens:300,200@0.5"])
+def test_a_bad_exponent_names_the_problem(text):
+    with pytest.raises(QualaError, match="exponent"):
+        LengthConfig.parse(text)
+

@@ -2,6 +2,9 @@
 import json
 import re
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +16,7 @@ from quala.cli import main
 from quala.config import LengthConfig, QualaError
 from quala.data import collate, make_features
 from quala.quantize import quantize_model
-from quala.runtime import DISABLED_FUSIONS, OnnxPredictor, load_predictor, physical_cores
+from quala.runtime import DISABLED_FUSIONS, OnnxPredictor, cpu_seconds, load_predictor, others_cpu_share, physical_cores
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +35,11 @@ def test_auto_prefers_int8_and_switches_configuration_per_call(onnx_dir, feature
     assert small.tolist() == LengthConfig((0.7, 0.4, 0.2)).token_counts(lens).tolist()
     with pytest.raises(QualaError, match="has 2 values; the model has 3 layers"):
         predictor(b, LengthConfig((1.0, 0.5)))
+    rule = LengthConfig.parse("0.4,0.3,0.2@0.5")  # an exponent reaches the graph as token counts too
+    _, _, kept_rule = predictor(b, rule)
+    assert kept_rule.tolist() == rule.token_counts(lens).tolist() != small.tolist()
+    _, _, kept_eager = load_predictor(onnx_dir, "torch")[0](b, rule)
+    assert kept_eager.tolist() == kept_rule.tolist()
 
 
 def test_int8_logits_follow_fp32(onnx_dir, features):
@@ -330,3 +338,35 @@ def test_predictor_runs_the_chosen_int8_kernel(onnx_dir, monkeypatch):
     p = OnnxPredictor(onnx_dir / "model.int8.onnx", config)
     assert (p.int8_kernel, p.int8_exact) == ("u8s8", runtime.u8s8_exact())
     assert OnnxPredictor(onnx_dir / "model.onnx", config).int8_kernel is None  # a float graph
+
+
+def burn(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+@pytest.mark.skipif(not Path("/proc/stat").is_file(), reason="reads /proc/stat")
+def test_others_cpu_share_counts_another_process_and_not_this_one():
+    """A benchmark's own work on every core must not read as a busy machine (the load average does); another
+    process spinning beside it must."""
+    before, start = cpu_seconds(), time.perf_counter()
+    burn(1.0)
+    alone = others_cpu_share(before, cpu_seconds(), time.perf_counter() - start)
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)  # let it start
+        before, start = cpu_seconds(), time.perf_counter()
+        time.sleep(1.5)
+        shared = others_cpu_share(before, cpu_seconds(), time.perf_counter() - start)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    cpus = cpu_seconds()[2]
+    assert alone < 0.25 and shared > 0.5 / cpus
+
+
+def test_others_cpu_share_without_readings_is_unknown():
+    assert others_cpu_share(None, (1.0, 1.0, 2), 1.0) is None
+    assert others_cpu_share((0.0, 0.0, 2), (3.0, 1.0, 2), 1.0) == 1.0  # clipped
+    assert others_cpu_share((0.0, 0.0, 2), (2.0, 1.0, 2), 1.0) == 0.5

@@ -264,3 +264,25 @@ def test_compare_picks_each_fronts_best_point_at_or_beyond_each_saving(tmp_path,
         write_front(front_path(tmp_path / name), front)
     assert main(["report", "--model", str(tmp_path / "new"), "--compare", str(tmp_path / "old")]) == 0
     assert table[4] in capsys.readouterr().out and (tmp_path / "new" / "length_configs.png").is_file()
+
+
+def test_parse_slice_reads_offset_and_count_and_names_the_flag_when_wrong():
+    from quala.search import parse_slice
+    assert parse_slice(" 2400:1500 ", "--test") == (2400, 1500)
+    for bad in ("", "2400", "a:b", "10:0", "-1:5", "1:2:3"):
+        with pytest.raises(QualaError, match="--test"):
+            parse_slice(bad, "--test")
+
+
+def test_a_search_with_an_exponent_scores_and_keeps_configurations_with_it(model_dir, data_dir, tmp_path, counted):
+    s = settings(data_dir, tmp_path, iterations=1, length_exponent=0.5)
+    front = run_search(model_dir, s)
+    scored = {lc for n, lc in counted if n == 6} - {"None"}  # full length is scored as before
+    assert scored and all(k.endswith("@0.5") for k in scored)
+    assert all(p.length_config.exponent == 0.5 for p in front.configs)
+    assert read_front(model_dir).configs == front.configs  # written and read back with the exponent
+    assert search.start_configs("1,0.9,0.5@0.5", s) == ("1,0.9,0.5@0.5",)
+    with pytest.raises(QualaError, match="--length-exponent 0.5"):
+        search.start_configs("1,0.9,0.5", s)  # a plain ratio means something else: refused, not reinterpreted
+    with pytest.raises(QualaError, match=r"other settings \(length_exponent\)"):
+        run_search(model_dir, settings(data_dir, tmp_path, iterations=2))
