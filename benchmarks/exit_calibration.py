@@ -35,7 +35,7 @@ from quala.tokenizer import load_tokenizer
 CONFIGS = "1,0.99,0.8,0.54,0.35,0.12;0.99,0.98,0.6,0.6,0.21,0.18;0.92,0.53,0.53,0.44,0.19,0.19;0.48,0.48,0.4,0.24,0.05,0.05"
 
 
-def answer_survival():
+def load_answer_survival():
     """benchmarks/answer_survival.py, for its kept_tokens (the positions each layer ran on)."""
     spec = importlib.util.spec_from_file_location("answer_survival", Path(__file__).with_name("answer_survival.py"))
     module = importlib.util.module_from_spec(spec)
@@ -43,9 +43,11 @@ def answer_survival():
     return module
 
 
+kept_tokens = load_answer_survival().kept_tokens  # loaded once, not per configuration
+
+
 def run_windows(model, features: list, lc, batch_size: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Per feature: start logits, end logits and depth (layers each token ran on), its real tokens only."""
-    kept_tokens = answer_survival().kept_tokens
     out: list = [None] * len(features)
     for idx in length_grouped_batches([len(f) for f in features], batch_size):
         kept, start, end = kept_tokens(model, collate([features[i] for i in idx]), lc, None)
