@@ -434,7 +434,8 @@ def add_search_parsers(sub) -> None:
       "search F1 is within this many points of the front at its cost, and report the front of those larger-sample "
       "scores (default 0: only the front's points): with --limit 400, configurations a point apart swap places by "
       "chance")
-    a("--dev-limit", type=positive_int, default=None, help="report the front on the first N dev questions (default all)")
+    a("--dev-limit", type=positive_int, default=None, help="score the front on the first N dev questions (default "
+      "all); its GMACs are priced over every dev window")
     a("--train-file", type=Path, default=None, help="SQuAD v1.1 train JSON whose held-out articles are scored "
       "(default: the model's training file, else the shared train set)")
     a("--heldout-fraction", type=fraction, default=None, help="fraction of train articles held out (default: the "

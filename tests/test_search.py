@@ -286,3 +286,22 @@ def test_a_search_with_an_exponent_scores_and_keeps_configurations_with_it(model
         search.start_configs("1,0.9,0.5", s)  # a plain ratio means something else: refused, not reinterpreted
     with pytest.raises(QualaError, match=r"other settings \(length_exponent\)"):
         run_search(model_dir, settings(data_dir, tmp_path, iterations=2))
+
+
+def test_front_gmacs_are_priced_over_every_dev_window_whatever_dev_limit_scores(model_dir, data_dir, tmp_path,
+                                                                               tokenizer):
+    """An exponent configuration's MACs depend on the length mix: a few dev questions would misprice it."""
+    from quala.data import load_squad, make_features
+    from quala.flops import mean_gmacs
+    front = run_search(model_dir, settings(data_dir, tmp_path, iterations=1, length_exponent=0.5, dev_limit=2))
+    config = ModelConfig.from_dict(json.loads((model_dir / "config.json").read_text()))
+    dev = load_squad(data_dir / "dev.json")
+    assert len(dev) > 2
+    every = [len(f) for f in make_features(dev, tokenizer, config.max_seq_length, config.doc_stride,
+                                           config.max_query_length)]
+    first = [len(f) for f in make_features(dev[:2], tokenizer, config.max_seq_length, config.doc_stride,
+                                           config.max_query_length)]
+    p = front.configs[0]
+    assert p.gmacs == pytest.approx(mean_gmacs(config, p.length_config, every))
+    assert front.full.gmacs == pytest.approx(mean_gmacs(config, None, every))
+    assert mean_gmacs(config, None, every) != pytest.approx(mean_gmacs(config, None, first))  # the test can tell
