@@ -106,7 +106,6 @@ def main(argv: list[str] | None = None) -> int:
     return exit_status(run, args)
 
 
-
 def run(args) -> None:
     model_dir = args.model or default_model_dir()
     model = QualaForQuestionAnswering.from_pretrained(model_dir).eval()

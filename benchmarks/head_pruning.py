@@ -68,8 +68,9 @@ def importance(model, features: list, configs: list, batch_size: int) -> torch.T
                 batch = {k: torch.as_tensor(v) for k, v in collate([features[i] for i in idx]).items()}
                 out = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], lc)
                 context = batch["context"]
+                heads = ((out.start_logits, "start_positions"), (out.end_logits, "end_positions"))
                 loss = sum(F.cross_entropy(logits.masked_fill(~context, -torch.inf), batch[gold])
-                           for logits, gold in ((out.start_logits, "start_positions"), (out.end_logits, "end_positions")))
+                           for logits, gold in heads)
                 grad, = torch.autograd.grad(loss, gates)
                 total += grad.abs()
     return total / total.norm(dim=1, keepdim=True)
@@ -111,7 +112,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=16)
     args = p.parse_args(argv)
     return exit_status(run, args)
-
 
 
 def run(args) -> None:
