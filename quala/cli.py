@@ -96,6 +96,19 @@ def positive_fraction(text: str) -> float:
     return value
 
 
+def speedup_range(text: str) -> tuple[float, float]:
+    """argparse type: 'LO:HI', factors of fewer MACs with 1 <= LO < HI."""
+    lo, sep, hi = text.partition(":")
+    try:
+        values = (finite_float(lo), finite_float(hi)) if sep else None
+    except argparse.ArgumentTypeError:
+        values = None
+    if values is None or not 1 <= values[0] < values[1]:
+        raise argparse.ArgumentTypeError(f"give LO:HI with 1 <= LO < HI (times fewer MACs, e.g. 1.4:1.75), "
+                                         f"got {text!r}")
+    return values
+
+
 def output_file(text: str) -> Path:
     """argparse type: a file we can write, checked before any work (its folder exists, it is not a folder)."""
     path = Path(text)
@@ -351,7 +364,8 @@ def cmd_search(args) -> None:
                        train_file=str(args.train_file or ""), dev_file=str(args.dev_file or ""),
                        heldout_fraction=args.heldout_fraction, batch_size=args.batch_size, latency=args.latency,
                        latency_features=args.latency_features, latency_repeats=args.latency_repeats,
-                       work_dir=str(args.work_dir or ""), length_exponent=args.length_exponent)
+                       work_dir=str(args.work_dir or ""), length_exponent=args.length_exponent,
+                       focus=args.focus or ())
     if args.start_configs:
         s.start_configs = start_configs(args.start_configs, s)
     front = run_search(model_dir, s, predictor, tokenizer)
@@ -426,6 +440,9 @@ def add_search_parsers(sub) -> None:
     a("--length-exponent", type=fraction, default=1.0, help="search configurations 'r,r,...@B' with this exponent "
       "B: each ratio is the share of a 384-token window and a window of n tokens keeps r*384*(n/384)^B, so long "
       "windows keep a smaller share (default 1: plain ratios, r*n)")
+    a("--focus", type=speedup_range, default=None, metavar="LO:HI", help="after generation 0, only add "
+      "configurations with LO to HI times fewer MACs than full length on the search's sample, bred from the "
+      "front's points there (e.g. 1.4:1.75 to fill a front's gap around 1.5x; default: anywhere)")
     a("--limit", type=positive_int, default=None, help="score on the first N questions of the search split (default all)")
     a("--confirm-limit", type=int, default=2000, help="score the front again on the N held-out questions after "
       "the first --limit (default 2000; 0: no) and choose names and budgets by that larger sample: a few hundred "

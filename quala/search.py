@@ -59,9 +59,11 @@ class SearchSettings:
     progress: bool = True
     start_configs: tuple[str, ...] = ()  # joined to generation 0, e.g. an earlier model's front (start_configs())
     length_exponent: float = 1.0  # every configuration's LengthConfig.exponent (1: plain ratios)
+    focus: tuple[float, ...] = ()  # (lo, hi): later generations only add configurations with that many times
+    # fewer MACs than full length on the search's sample (see in_focus)
 
     EVOLUTION_KEYS = ("population", "mutations", "crossovers", "mutation_prob", "seed", "min_ratio", "step",
-                      "start_configs", "length_exponent")
+                      "start_configs", "length_exponent", "focus")
 
 
 # ---- configurations ------------------------------------------------------------------------------------------
@@ -192,9 +194,9 @@ def near_front(scores: dict[str, dict], margin: float) -> list[str]:
 
 
 # ---- the search ----------------------------------------------------------------------------------------------
-def offspring(rng: np.random.Generator, parents: list[tuple[float, ...]], seen: set[str], s: SearchSettings
-              ) -> list[str]:
-    """mutations + crossovers new configurations (not scored before) from parents on the front."""
+def offspring(rng: np.random.Generator, parents: list[tuple[float, ...]], seen: set[str], s: SearchSettings,
+              accept=lambda k: True) -> list[str]:
+    """mutations + crossovers new configurations (not scored before, accepted) from parents on the front."""
     children: list[str] = []
     for count, make in ((s.mutations, lambda: mutate(rng, parents[rng.integers(len(parents))], s)),
                         (s.crossovers, lambda: crossover(rng, parents[rng.integers(len(parents))],
@@ -204,11 +206,29 @@ def offspring(rng: np.random.Generator, parents: list[tuple[float, ...]], seen: 
             if made == count:
                 break
             k = key(make(), s.length_exponent)
-            if k not in seen:
+            if k not in seen and accept(k):
                 seen.add(k)
                 children.append(k)
                 made += 1
     return children
+
+
+def in_focus(scorer: Scorer, s: SearchSettings):
+    """A test of whether a configuration saves between s.focus's two factors of MACs on the search's sample (all
+    pass without a focus). A focused search spends its later generations around the budgets a release is held to,
+    where a front with no point between two factors forces a budget's pick past it."""
+    if not s.focus:
+        return lambda k: True
+    full = flops.mean_gmacs(scorer.config, None, scorer.lengths)
+    lo, hi = s.focus
+    return lambda k: lo <= full / flops.mean_gmacs(scorer.config, LengthConfig.parse(k), scorer.lengths) <= hi
+
+
+def focus_parents(scorer: Scorer, front: list[str], s: SearchSettings) -> list[str]:
+    """The front's points inside the focus; the whole front where fewer than two are."""
+    accept = in_focus(scorer, s)
+    inside = [k for k in front if accept(k)]
+    return inside if len(inside) >= 2 else front
 
 
 def evolve(scorer: Scorer, layers: int, s: SearchSettings, state_path: Path, fingerprint: dict) -> list[str]:
@@ -217,10 +237,11 @@ def evolve(scorer: Scorer, layers: int, s: SearchSettings, state_path: Path, fin
     The state after each generation is its number, the random state and how many cache entries existed then: a
     resumed generation draws the same children as the interrupted one, and those already scored come from the cache.
     """
-    # lists as JSON reads them back; no start_configs entry when there are none, nor length_exponent at 1, as in
-    # states saved before they existed
+    # lists as JSON reads them back; no start_configs or focus entry when there are none, nor length_exponent at 1,
+    # as in states saved before they existed
     settings = {k: list(v) if isinstance(v, tuple) else v for k in SearchSettings.EVOLUTION_KEYS
                 if (v := getattr(s, k)) != () and not (k == "length_exponent" and v == 1)} | fingerprint
+    accept = in_focus(scorer, s)
     rng = np.random.default_rng(s.seed)
     generation, n_scored = -1, 0
     if state_path.is_file():
@@ -240,7 +261,8 @@ def evolve(scorer: Scorer, layers: int, s: SearchSettings, state_path: Path, fin
                                       + list(s.start_configs)))
         else:
             known = dict(list(scorer.cache.scores.items())[:n_scored])
-            keys = offspring(rng, [LengthConfig.parse(k).values for k in pareto_front(known)], set(known), s)
+            parents = focus_parents(scorer, pareto_front(known), s)
+            keys = offspring(rng, [LengthConfig.parse(k).values for k in parents], set(known), s, accept)
         scorer.score_all(keys, f"generation {generation + 1}", s.progress)
         generation, n_scored = generation + 1, len(scorer.cache.scores)
         write_json_atomic(state_path, {"settings": settings, "generation": generation, "scored": n_scored,

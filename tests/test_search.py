@@ -305,3 +305,31 @@ def test_front_gmacs_are_priced_over_every_dev_window_whatever_dev_limit_scores(
     assert p.gmacs == pytest.approx(mean_gmacs(config, p.length_config, every))
     assert front.full.gmacs == pytest.approx(mean_gmacs(config, None, every))
     assert mean_gmacs(config, None, every) != pytest.approx(mean_gmacs(config, None, first))  # the test can tell
+
+
+def test_a_focused_search_adds_only_configurations_inside_its_range_of_savings(model_dir, data_dir, tmp_path,
+                                                                               counted):
+    s = settings(data_dir, tmp_path, iterations=3, mutations=4, crossovers=4, focus=(1.3, 2.0))
+    run_search(model_dir, s)
+    state = json.loads((tmp_path / search.STATE_FILE).read_text())
+    cache = json.loads((tmp_path / search.CACHE_FILE).read_text())["scores"]
+    full = cache["full"]["gmacs"]
+    assert state["settings"]["focus"] == [1.3, 2.0]
+    generation_0 = {search.key(v) for v in initial_population(np.random.default_rng(0), 3, s)} | {"full"}
+    added = [k for k in cache if k not in generation_0]
+    assert len(added) >= 4  # later generations added configurations ...
+    assert all(1.3 <= full / cache[k]["gmacs"] <= 2.0 for k in added)  # ... all inside the focus
+    assert any(not 1.3 <= full / v["gmacs"] <= 2.0 for k, v in cache.items() if k in generation_0 - {"full"})
+    with pytest.raises(QualaError, match=r"other settings \(focus\)"):
+        run_search(model_dir, settings(data_dir, tmp_path, iterations=4, mutations=4, crossovers=4))
+
+
+def test_cli_focus_takes_lo_hi_savings_and_names_a_wrong_one(capsys):
+    from quala.cli import speedup_range
+    assert speedup_range("1.4:1.75") == (1.4, 1.75)
+    for bad in ("1.4", "2:1.5", "0.5:2", "a:b", "1:inf"):
+        with pytest.raises(Exception, match="LO:HI"):
+            speedup_range(bad)
+    with pytest.raises(SystemExit):
+        main(["search", "--focus", "3:2"])
+    assert "--focus" in capsys.readouterr().err
