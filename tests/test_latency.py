@@ -46,3 +46,10 @@ def test_padded_features_count_every_token(tiny_model_dir, dev_examples, tokeniz
 def test_latency_names_a_missing_model(tmp_path, capsys):
     assert latency.main(["--model", str(tmp_path / "nope"), "--json", str(tmp_path / "l.json")]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_spread_takes_windows_evenly_from_first_to_last():
+    windows = list(range(100))
+    assert latency.spread(windows, 5) == [0, 25, 50, 74, 99]
+    assert latency.spread(windows, 1) == [0] and latency.spread(windows[:3], 8) == [0, 1, 2]
+    assert len(set(latency.spread(windows, 64))) == 64
