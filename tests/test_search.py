@@ -333,3 +333,20 @@ def test_cli_focus_takes_lo_hi_savings_and_names_a_wrong_one(capsys):
     with pytest.raises(SystemExit):
         main(["search", "--focus", "3:2"])
     assert "--focus" in capsys.readouterr().err
+
+
+def test_a_lucky_cheap_configuration_does_not_hide_the_costlier_ones_from_confirmation():
+    searched = {"cheap": {"gmacs": 1.0, "f1": 50.0}, "lucky": {"gmacs": 2.0, "f1": 70.0},
+                "middle": {"gmacs": 3.0, "f1": 66.0}, "costly": {"gmacs": 4.0, "f1": 68.0},
+                "poor": {"gmacs": 3.5, "f1": 55.0}, "full": {"gmacs": 4.0, "f1": 69.0}}
+    larger = {"cheap": 52.0, "lucky": 60.0, "middle": 67.0, "costly": 70.0, "poor": 56.0}
+    asked = []
+
+    def confirm(keys):
+        asked.append(list(keys))
+        return {k: {"gmacs": searched[k]["gmacs"], "f1": larger[k]} for k in keys}
+    assert search.near_front(searched, 0.3) == ["cheap", "lucky"]  # the lucky one hides the rest
+    candidates = search.confirmation_candidates(searched, confirm, 0.3)
+    assert candidates == ["cheap", "lucky", "middle", "costly"] and "poor" not in candidates
+    assert asked == [["cheap", "lucky"], ["cheap", "lucky", "middle", "costly"]]
+    assert pareto_front(confirm(candidates)) == ["cheap", "lucky", "middle", "costly"]
