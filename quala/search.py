@@ -403,8 +403,9 @@ def run_search(model_dir: str | os.PathLike, s: SearchSettings, predictor: Predi
         def confirm(keys: list[str]) -> dict[str, dict]:
             confirmer.score_all(keys, "confirm", s.progress)
             return {k: confirmer.score(k) for k in keys}
-        candidates = confirmation_candidates(scorer.cache.scores, confirm, s.confirm_margin)
-        front_keys = pareto_front({k: confirmer.score(k) for k in candidates})
+        confirmation_candidates(scorer.cache.scores, confirm, s.confirm_margin)
+        # every configuration this sample has scored, an earlier run's included (the cache is tied to the sample)
+        front_keys = pareto_front({k: v for k, v in confirmer.cache.scores.items() if k != "full"})
     front = report_on_dev(predictor, tokenizer, config, scorer, confirmer, front_keys, full, s, runtime, work)
     front.info = {"model": str(model_dir), "runtime": runtime, "search": {**data, **{
         k: getattr(s, k) for k in SearchSettings.EVOLUTION_KEYS + ("iterations",)}},

@@ -350,3 +350,14 @@ def test_a_lucky_cheap_configuration_does_not_hide_the_costlier_ones_from_confir
     assert candidates == ["cheap", "lucky", "middle", "costly"] and "poor" not in candidates
     assert asked == [["cheap", "lucky"], ["cheap", "lucky", "middle", "costly"]]
     assert pareto_front(confirm(candidates)) == ["cheap", "lucky", "middle", "costly"]
+
+
+def test_every_configuration_the_confirming_sample_scored_counts_for_the_front(model_dir, data_dir, tmp_path,
+                                                                               counted):
+    run_search(model_dir, settings(data_dir, tmp_path, confirm_limit=5, confirm_margin=100.0))
+    confirmed = json.loads((tmp_path / search.CONFIRM_CACHE_FILE).read_text())["scores"]
+    counted.clear()
+    front = run_search(model_dir, settings(data_dir, tmp_path, confirm_limit=5, confirm_margin=0.01))
+    assert counted == []  # nothing scored again
+    assert [str(p.length_config) for p in front.configs] == pareto_front(
+        {k: v for k, v in confirmed.items() if k != "full"})
