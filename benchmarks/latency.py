@@ -4,8 +4,9 @@
                                  [--length-configs "1,.8,.6,.5,.4,.3;..."] [--eval-limit 200] [--json latency.json]
 
 Features keep their real lengths (dynamic padding, length-grouped batches of 32), never padded to 384: the first
-N dev windows (146 tokens on average for 64), or with --spread N spread evenly over all 10,784 (their lengths follow
-the dev set's, 176 tokens on average: a length-dependent configuration saves what it saves on dev). Rows are
+N dev windows (146 tokens on average for 64), or with --spread N spread evenly over all 10,784, whose lengths follow
+the dev set's (173 tokens on average for 64; dev: 176), so a length-dependent configuration saves about what it saves
+on dev. Batches of 32 then mix lengths: rows that run a batch in one piece pay for its padding. Rows are
 timed in turn within each repeat, so background load hits them alike; the table shows the median over repeats,
 in ms per feature, at batch 1 and batch 32, and each row's speed-up over BERT-base fp32 at the same batch size.
 The BERT-base row is a *randomly initialised* BertForQuestionAnswering(BertConfig()) (12 layers, 768 hidden):
