@@ -431,7 +431,8 @@ def run(args) -> None:
     busy = "" if others is None else f"; other processes and steal took {100 * others:.1f}% of the CPU time"
     chosen = f"evenly spaced over all {len(windows)}" if args.spread else "the first"
     print(f"\n{len(features)} dev features ({chosen}), {np.mean(lengths):.1f} tokens on average; "
-          f"{args.threads} threads; median of {args.repeats}; load average {load[0]:.1f} -> {load[1]:.1f} on {os.cpu_count()} CPUs{busy}")
+          f"{args.threads} threads; median of {args.repeats}; load average {load[0]:.1f} -> {load[1]:.1f} on "
+          f"{os.cpu_count()} CPUs{busy}")
     if load_before > (os.cpu_count() or 1) / 2 or (others or 0) > OTHERS_BUSY:
         print("warning: the machine was busy; timings are inflated and noisy", file=sys.stderr)
     write_json_atomic(args.json, {"model": str(model_dir), "features": len(features), "spread": args.spread,

@@ -66,11 +66,12 @@ def speedup(config, length_config: LengthConfig | None, lengths: list[int] | np.
     return mean_gmacs(config, None, lengths) / mean_gmacs(config, length_config, lengths)
 
 
-def dev_lengths(tokenizer, config, limit: int | None = None) -> list[int]:
-    """Real token counts of the SQuAD dev features (the shared dev set), windowed as the model windows them."""
+def dev_lengths(tokenizer, config, limit: int | None = None, dev_file: str = "") -> list[int]:
+    """Real token counts of the SQuAD dev features (dev_file, default the shared dev set), windowed as the model
+    windows them."""
     from quala.config import squad_path
     from quala.data import load_squad, make_features
-    examples = load_squad(squad_path("dev"), limit=limit)
+    examples = load_squad(dev_file or squad_path("dev"), limit=limit)
     features = make_features(examples, tokenizer, config.max_seq_length, config.doc_stride, config.max_query_length)
     return [len(f) for f in features]
 

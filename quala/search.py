@@ -247,9 +247,8 @@ def in_focus(scorer: Scorer, s: SearchSettings):
     return lambda k: lo <= full / flops.mean_gmacs(scorer.config, LengthConfig.parse(k), scorer.lengths) <= hi
 
 
-def focus_parents(scorer: Scorer, front: list[str], s: SearchSettings) -> list[str]:
-    """The front's points inside the focus; the whole front where fewer than two are."""
-    accept = in_focus(scorer, s)
+def focus_parents(front: list[str], accept: Callable[[str], bool]) -> list[str]:
+    """The front's points inside the focus (`accept`, from in_focus); the whole front where fewer than two are."""
     inside = [k for k in front if accept(k)]
     return inside if len(inside) >= 2 else front
 
@@ -284,7 +283,7 @@ def evolve(scorer: Scorer, layers: int, s: SearchSettings, state_path: Path, fin
                                       + list(s.start_configs)))
         else:
             known = dict(list(scorer.cache.scores.items())[:n_scored])
-            parents = focus_parents(scorer, pareto_front(known), s)
+            parents = focus_parents(pareto_front(known), accept)
             keys = offspring(rng, [LengthConfig.parse(k).values for k in parents], set(known), s, accept)
         scorer.score_all(keys, f"generation {generation + 1}", s.progress)
         generation, n_scored = generation + 1, len(scorer.cache.scores)
@@ -430,7 +429,10 @@ def report_on_dev(predictor: Predictor, tokenizer, config: ModelConfig, scorer: 
     dev_scorer = Scorer(predictor, tokenizer, config, dev, dev_cache, s.batch_size)
     sample = [scorer.features[i] for i in np.random.default_rng(0).permutation(len(scorer.features))
               [: s.latency_features]]
-    lengths = dev_scorer.lengths if s.dev_limit is None else pricing_lengths(tokenizer, config, s)
+    # priced over every dev window whatever dev_limit scores: a configuration with a length exponent keeps a smaller
+    # share of long windows, so its MACs depend on the length mix, and the first thousand dev questions (a handful of
+    # articles) price it 3% off the whole set, enough to move a point across a budget like '2x'
+    lengths = dev_scorer.lengths if s.dev_limit is None else flops.dev_lengths(tokenizer, config, dev_file=s.dev_file)
     full_gmacs = flops.mean_gmacs(config, None, lengths)
 
     def point(name: str, k: str, search: dict) -> FrontPoint:
@@ -452,15 +454,6 @@ def report_on_dev(predictor: Predictor, tokenizer, config: ModelConfig, scorer: 
                                                   s.latency_repeats, s.progress)):
             p.latency_ms = ms
     return front
-
-
-def pricing_lengths(tokenizer, config: ModelConfig, s: SearchSettings) -> list[int]:
-    """Token counts of every dev window, whatever `dev_limit` scores: a configuration with a length exponent keeps
-    a smaller share of long windows, so its MACs depend on the length mix, and the first thousand dev questions
-    (a handful of articles) price it 3% off the whole set, enough to move a point across a budget like '2x'."""
-    dev = load_squad(s.dev_file or squad_path("dev"))
-    features = make_features(dev, tokenizer, config.max_seq_length, config.doc_stride, config.max_query_length)
-    return [len(f) for f in features]
 
 
 def retime_front(model_dir: str | os.PathLike, predictor: Predictor, tokenizer, repeats: int = 5,
