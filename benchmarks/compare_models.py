@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
@@ -31,25 +30,9 @@ from quala.config import LengthConfig, ModelConfig, QualaError, default_model_di
 from quala.data import Example, make_features
 from quala.evaluate import evaluate, question_f1
 from quala.files import read_json
+from quala.metrics import Paired, paired
 from quala.runtime import load_predictor
 from quala.search import heldout_questions, parse_slice
-
-
-class Paired(NamedTuple):
-    candidate: float  # mean F1 (percent)
-    baseline: float
-    difference: float  # mean per-question candidate - baseline
-    stderr: float  # of that mean
-    questions: int
-
-
-def paired(candidate: np.ndarray, baseline: np.ndarray) -> Paired:
-    """Means of two per-question F1 arrays over the same questions, their mean difference and its standard error."""
-    if candidate.shape != baseline.shape or candidate.size == 0:
-        raise QualaError(f"paired F1: {candidate.size} and {baseline.size} questions; both must score the same ones")
-    diff = candidate - baseline
-    stderr = float(diff.std(ddof=1) / np.sqrt(diff.size)) if diff.size > 1 else float("inf")
-    return Paired(float(candidate.mean()), float(baseline.mean()), float(diff.mean()), stderr, int(diff.size))
 
 
 def verdict(p: Paired) -> str:

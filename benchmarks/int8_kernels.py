@@ -8,8 +8,8 @@ Three things, on the CPU it runs on (printed with its instruction sets):
    ONNX Runtime's u8s8 kernel saturates on x86 without VNNI/AMX, u8u8 never does, nor u8s8 on 7-bit weights (u8s7);
 2. per model and kernel, the median of 5 session creations (the u8u8 rewrite happens at load);
 3. F1 of every model x kernel (and with --float the first model's PyTorch fp32 weights) at each configuration on
-   held-out *training* questions (the search's split, questions offset..offset+limit; never dev), and the largest
-   start-logit difference between the first two kernels on those windows.
+   held-out *training* questions (the search's split, questions offset..offset+limit; never dev); for the first two
+   columns, their paired per-question F1 difference with its standard error and the largest start-logit difference.
 Speed of the kernels is in benchmarks/latency.py, which times the kernel quala does not pick beside the one it does.
 """
 from __future__ import annotations
@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from quala.config import LengthConfig, ModelConfig, QualaError, default_model_dir, exit_status
-from quala.data import make_features
-from quala.evaluate import evaluate, run_features
+from quala.data import make_features, postprocess
+from quala.evaluate import question_f1, run_features
 from quala.files import read_json
+from quala.metrics import paired
 from quala.runtime import INT8_KERNELS, OnnxPredictor, cpu_description, u8s8_exact
 from quala.search import heldout_questions
 from quala.tokenizer import load_tokenizer
@@ -100,17 +101,19 @@ def run(args) -> None:
         predictors[f"{models[0].name} fp32"] = TorchPredictor(QualaForQuestionAnswering.from_pretrained(models[0]))
     names = list(predictors)
     print(f"\n{len(examples)} held-out training questions ({len(features)} windows) from {args.offset}, F1:\n")
-    compared = len(names) > 1  # the logits of the first two columns, side by side
-    print("| configuration | " + " | ".join(names) + " |" + (" max start-logit difference, first two |" * compared))
-    print("| --- | " + " | ".join("---:" for _ in names) + " |" + (" ---: |" * compared))
+    compared = len(names) > 1  # the first two columns, side by side
+    print("| configuration | " + " | ".join(names) + " |"
+          + (" first - second (std. error) | max start-logit difference, first two |" * compared))
+    print("| --- | " + " | ".join("---:" for _ in names) + " |" + (" ---: | ---: |" * compared))
     for text, lc in configs:
-        f1 = [evaluate(predictors[n], tokenizer, examples, lc, features=features, progress=False).f1 for n in names]
-        row = f"| {text} | " + " | ".join(f"{v:.2f}" for v in f1) + " |"
+        runs = [run_features(predictors[n], features, lc, progress=False) for n in names]
+        f1 = [question_f1(examples, postprocess(examples, features, starts, ends)) for starts, ends, _ in runs]
+        row = f"| {text} | " + " | ".join(f"{v.mean():.2f}" for v in f1) + " |"
         if compared:
-            first, second = (run_features(predictors[n], features, lc, progress=False)[0] for n in names[:2])
-            row += f" {max(float(np.abs(a - b).max()) for a, b in zip(first, second)):.3f} |"
+            p = paired(f1[0], f1[1])
+            logits = max(float(np.abs(a - b).max()) for a, b in zip(runs[0][0], runs[1][0]))
+            row += f" {p.difference:+.2f} ({p.stderr:.2f}) | {logits:.3f} |"
         print(row, flush=True)
-
 
 if __name__ == "__main__":
     sys.exit(main())

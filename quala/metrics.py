@@ -4,6 +4,11 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter
+from typing import NamedTuple
+
+import numpy as np
+
+from quala.config import QualaError
 
 _PUNCTUATION = set(string.punctuation)
 
@@ -49,3 +54,20 @@ def squad_scores(gold: dict[str, list[str]], predictions: dict[str, str]) -> dic
     em, f1 = sum(s[0] for s in scores), sum(s[1] for s in scores)
     n = len(gold)
     return {"exact_match": 100.0 * em / n if n else 0.0, "f1": 100.0 * f1 / n if n else 0.0}
+
+
+class Paired(NamedTuple):
+    candidate: float  # mean F1 (percent)
+    baseline: float
+    difference: float  # mean per-question candidate - baseline
+    stderr: float  # of that mean
+    questions: int
+
+
+def paired(candidate: np.ndarray, baseline: np.ndarray) -> Paired:
+    """Means of two per-question F1 arrays over the same questions, their mean difference and its standard error."""
+    if candidate.shape != baseline.shape or candidate.size == 0:
+        raise QualaError(f"paired F1: {candidate.size} and {baseline.size} questions; both must score the same ones")
+    diff = candidate - baseline
+    stderr = float(diff.std(ddof=1) / np.sqrt(diff.size)) if diff.size > 1 else float("inf")
+    return Paired(float(candidate.mean()), float(baseline.mean()), float(diff.mean()), stderr, int(diff.size))

@@ -78,19 +78,29 @@ def u8s8_exact(flags: frozenset[str] | None = None) -> bool:
     return any(f in flags for f in EXACT_U8S8_FLAGS)
 
 
-def choose_int8_kernel(kernel: str | None = None, flags: frozenset[str] | None = None) -> str:
-    """'u8s8', 'u8u8' or 'u8s7': `kernel` (else $QUALA_INT8_KERNEL, else 'auto'). auto is u8s8 where it is exact
-    (the faster kernel there, and how the graph is stored), else u8s7: the same fast kernel on the weights halved to
-    7 bits, exact on every CPU (on an AVX2-only Zen 3 up to 36% faster than u8u8 at the same held-out F1, within
-    1,000 questions' noise; docs/benchmarks.md). u8u8 keeps the stored integers, so a VNNI CPU's exact answers,
-    at u8u8's speed."""
+# x86 CPUs without VNNI where ONNX Runtime's u8u8 kernel runs at least as fast as its u8s8 one (so as u8s7), by
+# (vendor_id, cpu family) of /proc/cpuinfo: AMD family 23 (Zen, Zen+, Zen 2; 128-bit AVX2 units). Measured: Zen 1
+# level, Zen 2 4-8% faster at batch 1 and level at batch 32; on a Zen 3 (family 25) u8s7 was 8-13% faster at batch 1
+# (docs/benchmarks.md).
+U8U8_FAST_CPUS = (("AuthenticAMD", "23"),)
+
+
+def choose_int8_kernel(kernel: str | None = None, cpu: dict[str, str] | None = None) -> str:
+    """'u8s8', 'u8u8' or 'u8s7': `kernel` (else $QUALA_INT8_KERNEL, else 'auto'). auto, on `cpu` (/proc/cpuinfo's
+    entries for one CPU; default: this machine's first): u8s8 where it is exact (the faster kernel there, and how the
+    graph is stored); else u8u8 on U8U8_FAST_CPUS: the stored integers, so a VNNI CPU's exact answers, at least as
+    fast there; else u8s7: the fast u8s8 kernel on the weights halved to 7 bits, exact on every CPU (up to 36% faster
+    than u8u8 on an AVX2-only Zen 3; F1 level with u8u8 on 2,813 held-out questions)."""
     kernel = kernel or os.environ.get(INT8_KERNEL_ENV) or "auto"
     if kernel not in INT8_KERNELS:
         raise QualaError(f"int8 kernel {kernel!r} (argument or ${INT8_KERNEL_ENV}): choose one of "
                          f"{', '.join(INT8_KERNELS)}")
     if kernel != "auto":
         return kernel
-    return "u8s8" if u8s8_exact(flags) else "u8s7"
+    cpu = (first_cpu() or {}) if cpu is None else cpu
+    if u8s8_exact(frozenset(cpu.get("flags", "").split())):
+        return "u8s8"
+    return "u8u8" if (cpu.get("vendor_id"), cpu.get("cpu family")) in U8U8_FAST_CPUS else "u8s7"
 
 
 def cpu_description() -> str:

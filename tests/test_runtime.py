@@ -304,28 +304,37 @@ def test_runtime_and_dtype_choices_and_their_messages(onnx_dir, tmp_path):
     assert isinstance(load_predictor(onnx_dir, name)[0], TorchPredictor)
 
 
+def cpu(flags: str, vendor: str = "GenuineIntel", family: str = "6") -> dict[str, str]:
+    return {"vendor_id": vendor, "cpu family": family, "flags": flags}
+
+
 def test_int8_kernel_is_u8s8_only_where_it_is_exact(monkeypatch):
     """VNNI or AMX on x86 (and other architectures): ONNX Runtime's u8s8 kernel as stored; an x86 CPU without them
-    gets u8s7 (the same kernel on 7-bit weights, whose products do not saturate); the argument, then
-    $QUALA_INT8_KERNEL, overrides."""
+    gets u8s7 (the same kernel on 7-bit weights, whose products do not saturate), or u8u8 (the stored integers) on
+    the CPUs where that is as fast (AMD family 23: Zen 1 and 2); the argument, then $QUALA_INT8_KERNEL, overrides."""
     from quala import runtime
     monkeypatch.delenv(runtime.INT8_KERNEL_ENV, raising=False)
     monkeypatch.setattr("platform.machine", lambda: "x86_64")
-    assert runtime.choose_int8_kernel(flags=frozenset({"avx2", "fma"})) == "u8s7"
-    assert runtime.choose_int8_kernel(flags=frozenset({"avx2", "avx512f", "avx512bw"})) == "u8s7"
+    assert runtime.choose_int8_kernel(cpu=cpu("fpu avx2 fma")) == "u8s7"
+    assert runtime.choose_int8_kernel(cpu=cpu("avx2 avx512f avx512bw")) == "u8s7"
+    assert runtime.choose_int8_kernel(cpu=cpu("avx2 fma", "AuthenticAMD", "25")) == "u8s7"  # Zen 3
+    assert runtime.choose_int8_kernel(cpu=cpu("avx2 fma", "AuthenticAMD", "23")) == "u8u8"  # Zen 1, Zen 2
     for vnni in ("avx512_vnni", "avx_vnni", "amx_int8"):
-        assert runtime.choose_int8_kernel(flags=frozenset({"avx2", vnni})) == "u8s8"
-    assert runtime.choose_int8_kernel("u8s8", flags=frozenset({"avx2"})) == "u8s8"
-    assert runtime.choose_int8_kernel("u8s7", flags=frozenset({"avx2", "avx512_vnni"})) == "u8s7"
+        assert runtime.choose_int8_kernel(cpu=cpu(f"avx2 {vnni}")) == "u8s8"
+        assert runtime.choose_int8_kernel(cpu=cpu(f"avx2 {vnni}", "AuthenticAMD", "23")) == "u8s8"
+    assert runtime.choose_int8_kernel("u8s8", cpu=cpu("avx2")) == "u8s8"
+    assert runtime.choose_int8_kernel("u8s7", cpu=cpu("avx2 avx512_vnni")) == "u8s7"
     monkeypatch.setenv(runtime.INT8_KERNEL_ENV, "u8s8")
-    assert runtime.choose_int8_kernel(flags=frozenset({"avx2"})) == "u8s8"
-    assert runtime.choose_int8_kernel("auto", flags=frozenset({"avx2"})) == "u8s7"
+    assert runtime.choose_int8_kernel(cpu=cpu("avx2")) == "u8s8"
+    assert runtime.choose_int8_kernel("auto", cpu=cpu("avx2")) == "u8s7"
     monkeypatch.setenv(runtime.INT8_KERNEL_ENV, "s8s8")
     with pytest.raises(QualaError, match="'s8s8'.*QUALA_INT8_KERNEL.*auto, u8s8, u8u8, u8s7"):
         runtime.choose_int8_kernel()
     monkeypatch.delenv(runtime.INT8_KERNEL_ENV)
     monkeypatch.setattr("platform.machine", lambda: "aarch64")
-    assert runtime.choose_int8_kernel(flags=frozenset()) == "u8s8"
+    assert runtime.choose_int8_kernel(cpu={}) == "u8s8"
+    monkeypatch.setattr(runtime, "first_cpu", lambda: None)  # no /proc/cpuinfo
+    assert runtime.choose_int8_kernel() == "u8s8"
 
 
 def test_predictor_runs_the_chosen_int8_kernel(onnx_dir, monkeypatch):
