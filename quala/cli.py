@@ -165,6 +165,7 @@ def load_predictor(args):
 def cmd_eval(args) -> None:
     from quala.data import load_squad
     from quala.files import write_json_atomic
+    from quala.runtime import cpu_description
     data = args.data or squad_path("dev")
     examples = load_squad(data, limit=args.limit)
     qa, lc, chosen = load_answerer(args)
@@ -174,6 +175,8 @@ def cmd_eval(args) -> None:
     if args.output:
         write_json_atomic(args.output, r.predictions(examples))
     print(f"model          {qa.model_dir}")
+    print(f"engine         {qa.predictor.describe()}")
+    print(f"cpu            {cpu_description()}")
     print(f"data           {data}")
     print(f"questions      {r.questions} ({r.features} features, {r.tokens:.1f} tokens each on average)")
     if chosen:

@@ -31,6 +31,11 @@ class TorchPredictor:
         self.dtype = dtype
         self.ranking = ranking
 
+    def describe(self) -> str:
+        """What runs the model, for reports."""
+        import torch
+        return f"PyTorch {self.dtype}, {torch.get_num_threads()} threads"
+
     def __call__(self, batch, length_config):
         import torch
         device = next(self.model.parameters()).device  # the model runs where it lives (CPU, or a GPU in training)

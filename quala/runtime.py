@@ -215,6 +215,13 @@ class OnnxPredictor:
                 self._pool_source = None
             return self._pool
 
+    def describe(self) -> str:
+        """What runs the model, for reports: e.g. 'model.int8.onnx in ONNX Runtime, 2 threads, int8 kernel u8u8'."""
+        kernel = ""
+        if self.int8_kernel:
+            kernel = f", int8 kernel {self.int8_kernel}" + ("" if self.int8_exact else " (saturating on this CPU)")
+        return f"{self.path.name} in ONNX Runtime, {self.threads} threads{kernel}"
+
     def check_signature(self) -> None:
         inputs = {i.name: i.shape for i in self.session.get_inputs()}
         if sorted(inputs) != sorted(INPUTS):

@@ -19,6 +19,7 @@ def test_eval_prints_scores_that_match_its_predictions_file(tiny_model_dir, data
     em = float(re.search(r"exact match\s+([\d.]+)", r.stdout).group(1))
     f1 = float(re.search(r"F1\s+([\d.]+)", r.stdout).group(1))
     assert "questions      18" in r.stdout and "length config  0.9,0.6,0.4" in r.stdout
+    assert re.search(r"engine         PyTorch fp32, \d+ threads", r.stdout) and "cpu            " in r.stdout
     kept = [float(x) for x in re.search(r"kept tokens\s+([\d. ]+)", r.stdout).group(1).split()]
     assert kept[0] > kept[1] > kept[2]
     scores = squad_scores(squad_dataset(load_squad(data_dir / "dev.json")), json.loads(out.read_text()))

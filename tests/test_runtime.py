@@ -343,10 +343,13 @@ def test_predictor_runs_the_chosen_int8_kernel(onnx_dir, monkeypatch):
     monkeypatch.setenv(runtime.INT8_KERNEL_ENV, "u8u8")
     p = OnnxPredictor(onnx_dir / "model.int8.onnx", config)
     assert (p.int8_kernel, p.int8_exact) == ("u8u8", True)
+    assert p.describe() == f"model.int8.onnx in ONNX Runtime, {p.threads} threads, int8 kernel u8u8"
     monkeypatch.setenv(runtime.INT8_KERNEL_ENV, "u8s8")
     p = OnnxPredictor(onnx_dir / "model.int8.onnx", config)
     assert (p.int8_kernel, p.int8_exact) == ("u8s8", runtime.u8s8_exact())
+    assert p.describe().endswith("int8 kernel u8s8" + ("" if p.int8_exact else " (saturating on this CPU)"))
     assert OnnxPredictor(onnx_dir / "model.onnx", config).int8_kernel is None  # a float graph
+    assert OnnxPredictor(onnx_dir / "model.onnx", config).describe().endswith(" threads")
 
 
 def burn(seconds: float) -> None:
