@@ -115,5 +115,6 @@ def run(args) -> None:
             row += f" {p.difference:+.2f} ({p.stderr:.2f}) | {logits:.3f} |"
         print(row, flush=True)
 
+
 if __name__ == "__main__":
     sys.exit(main())

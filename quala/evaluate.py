@@ -34,7 +34,9 @@ class TorchPredictor:
     def describe(self) -> str:
         """What runs the model, for reports."""
         import torch
-        return f"PyTorch {self.dtype}, {torch.get_num_threads()} threads"
+        device = next(self.model.parameters()).device
+        where = f"{torch.get_num_threads()} threads" if device.type == "cpu" else str(device)
+        return f"PyTorch {self.dtype}, {where}"
 
     def __call__(self, batch, length_config):
         import torch

@@ -46,7 +46,8 @@ def physical_cores() -> int:
 
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 # ONNX Runtime's uint8 x int8 kernel is exact on x86 only with these (VNNI's VPDPBUSD, AMX's TDPBUSD accumulate in
-# int32); without them it saturates (see quala.quantize.unsigned_weights) and quala runs it on 7-bit weights.
+# int32); without them it saturates (see quala.quantize.unsigned_weights) and quala runs 7-bit weights on it (u8s7),
+# or the stored integers on the u8u8 kernel (U8U8_FAST_CPUS).
 EXACT_U8S8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 # u8s7: the u8s8 kernel on weights halved to 7 bits at load (quala.quantize.seven_bit_weights), exact on every CPU
 INT8_KERNELS = ("auto", "u8s8", "u8u8", "u8s7")
@@ -78,17 +79,17 @@ def u8s8_exact(flags: frozenset[str] | None = None) -> bool:
     return any(f in flags for f in EXACT_U8S8_FLAGS)
 
 
-# x86 CPUs without VNNI where ONNX Runtime's u8u8 kernel runs at least as fast as its u8s8 one (so as u8s7), by
-# (vendor_id, cpu family) of /proc/cpuinfo: AMD family 23 (Zen, Zen+, Zen 2; 128-bit AVX2 units). Measured: Zen 1
-# level, Zen 2 4-8% faster at batch 1 and level at batch 32; on a Zen 3 (family 25) u8s7 was 8-13% faster at batch 1
-# (docs/benchmarks.md).
+# x86 CPUs without VNNI where ONNX Runtime's u8u8 kernel runs about as fast as its u8s8 one (so as u8s7), by
+# (vendor_id, cpu family) of /proc/cpuinfo: AMD family 23 (Zen, Zen+, Zen 2). Measured: on a Zen 2, u8u8 4-8% faster
+# than u8s7 at batch 1 and level at batch 32; on a Zen 1, u8u8 against u8s8 1-4% faster at batch 1 and 1-5% slower
+# at batch 32; on a Zen 3 (family 25), u8s7 8-13% faster than u8u8 at batch 1 (docs/benchmarks.md).
 U8U8_FAST_CPUS = (("AuthenticAMD", "23"),)
 
 
 def choose_int8_kernel(kernel: str | None = None, cpu: dict[str, str] | None = None) -> str:
     """'u8s8', 'u8u8' or 'u8s7': `kernel` (else $QUALA_INT8_KERNEL, else 'auto'). auto, on `cpu` (/proc/cpuinfo's
     entries for one CPU; default: this machine's first): u8s8 where it is exact (the faster kernel there, and how the
-    graph is stored); else u8u8 on U8U8_FAST_CPUS: the stored integers, so a VNNI CPU's exact answers, at least as
+    graph is stored); else u8u8 on U8U8_FAST_CPUS: the stored integers, so a VNNI CPU's exact answers, about as
     fast there; else u8s7: the fast u8s8 kernel on the weights halved to 7 bits, exact on every CPU (up to 36% faster
     than u8u8 on an AVX2-only Zen 3; F1 level with u8u8 on 2,813 held-out questions)."""
     kernel = kernel or os.environ.get(INT8_KERNEL_ENV) or "auto"

@@ -131,7 +131,7 @@ def test_per_row_arithmetic_matches_a_numpy_reference(tmp_path):
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     wq = next(v for k, v in inits.items() if v.dtype == np.int8 and v.shape == (16, 8)).astype(np.int64)
     ws = next(v for k, v in inits.items() if k.endswith("_scale") and v.shape == (8,))
-    if not u8s8_exact():  # the kernel the runtime picks on a CPU without VNNI (u8s8 saturates there)
+    if not u8s8_exact():  # u8s8 saturates on a CPU without VNNI; u8u8 is one of the exact kernels there
         assert unsigned_weights(model) == 1
     got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
 
