@@ -175,7 +175,7 @@ def cmd_eval(args) -> None:
     if args.output:
         write_json_atomic(args.output, r.predictions(examples))
     print(f"model          {qa.model_dir}")
-    print(f"engine         {getattr(qa.predictor, 'describe', lambda: type(qa.predictor).__name__)()}")
+    print(f"engine         {qa.predictor.describe()}")  # quala.load makes an OnnxPredictor or a TorchPredictor
     print(f"cpu            {cpu_description()}")
     print(f"data           {data}")
     print(f"questions      {r.questions} ({r.features} features, {r.tokens:.1f} tokens each on average)")

@@ -64,9 +64,10 @@ def first_cpu() -> dict[str, str] | None:
                 (line.partition(":") for line in text.split("\n\n")[0].splitlines()))
 
 
-def cpu_flags() -> frozenset[str]:
-    """The first CPU's flags (empty where /proc/cpuinfo is missing)."""
-    return frozenset((first_cpu() or {}).get("flags", "").split())
+def cpu_flags(cpu: dict[str, str] | None = None) -> frozenset[str]:
+    """The flags of `cpu` (/proc/cpuinfo's entries for one CPU; default: this machine's first; empty where
+    /proc/cpuinfo is missing)."""
+    return frozenset(((first_cpu() or {}) if cpu is None else cpu).get("flags", "").split())
 
 
 def u8s8_exact(flags: frozenset[str] | None = None) -> bool:
@@ -99,7 +100,7 @@ def choose_int8_kernel(kernel: str | None = None, cpu: dict[str, str] | None = N
     if kernel != "auto":
         return kernel
     cpu = (first_cpu() or {}) if cpu is None else cpu
-    if u8s8_exact(frozenset(cpu.get("flags", "").split())):
+    if u8s8_exact(cpu_flags(cpu)):
         return "u8s8"
     return "u8u8" if (cpu.get("vendor_id"), cpu.get("cpu family")) in U8U8_FAST_CPUS else "u8s7"
 
